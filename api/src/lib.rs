@@ -1,0 +1,65 @@
+//! Chronicle's HTTP surface: routes of API.md, JWT auth, problem+json errors, body limits.
+//! Handlers make one call into the command service; this crate holds no SQL of its own
+//! beyond the readiness probe.
+
+pub mod auth;
+pub mod error;
+pub mod extract;
+mod routes;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{delete, get, patch, post};
+use axum::Router;
+use commands::CommandService;
+use sqlx::PgPool;
+use std::sync::Arc;
+use tower_http::limit::RequestBodyLimitLayer;
+
+pub use auth::AuthConfig;
+
+/// The largest command body accepted.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// What handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    /// The command service.
+    pub service: Arc<CommandService>,
+    /// Token checking.
+    pub auth: Arc<AuthConfig>,
+    /// The database (readiness).
+    pub pool: PgPool,
+}
+
+/// The whole HTTP router.
+pub fn router(state: AppState) -> Router {
+    use routes::*;
+    Router::new()
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/v1/accounts", post(open_account))
+        .route("/v1/accounts/{id}", get(get_account))
+        .route("/v1/accounts/{id}/profile", patch(update_profile))
+        .route("/v1/accounts/{id}/kyc", post(submit_kyc))
+        .route("/v1/accounts/{id}/kyc/approve", post(approve_kyc))
+        .route("/v1/accounts/{id}/kyc/reject", post(reject_kyc))
+        .route("/v1/accounts/{id}/suspend", post(suspend_account))
+        .route("/v1/accounts/{id}/reinstate", post(reinstate_account))
+        .route("/v1/accounts/{id}/close", post(close_account))
+        .route(
+            "/v1/accounts/{id}/personal-data",
+            delete(erase_personal_data),
+        )
+        .route("/v1/wallets", post(open_wallet))
+        .route("/v1/wallets/{id}", get(get_wallet))
+        .route("/v1/wallets/{id}/deposits", post(deposit))
+        .route("/v1/wallets/{id}/withdrawals", post(withdraw))
+        .route("/v1/wallets/{id}/freeze", post(freeze))
+        .route("/v1/wallets/{id}/unfreeze", post(unfreeze))
+        .route("/v1/wallets/{id}/close", post(close_wallet))
+        .route("/v1/transfers", post(transfer))
+        .layer(axum::middleware::map_response(error::problems_everywhere))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(RequestBodyLimitLayer::new(4 * MAX_BODY_BYTES))
+        .with_state(state)
+}

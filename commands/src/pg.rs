@@ -1,0 +1,568 @@
+//! The PostgreSQL event store.
+//!
+//! Appends from concurrent commands share commits: writer tasks take every request waiting in
+//! the queue and write them with one statement (one round trip, one commit). Each request is
+//! still checked on its own: when the shared statement fails on a uniqueness clash, every
+//! request of the batch is retried alone, so one loser never takes the others down.
+
+use crate::store::{
+    AppendError, AppendRequest, Appended, ClaimRecord, EventStore, StoreError, StoredResponse,
+};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use schemas::{Cursor, Metadata, RecordedEvent};
+use sqlx::PgPool;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot, Mutex};
+use uuid::Uuid;
+
+/// How many requests one shared commit takes at most.
+const MAX_BATCH: usize = 256;
+/// How often a transient failure (serialization, deadlock) is retried.
+const TRANSIENT_RETRIES: usize = 5;
+
+struct Pending {
+    request: AppendRequest,
+    reply: oneshot::Sender<Result<Appended, AppendError>>,
+}
+
+/// The PostgreSQL event store (see `schemas/migrations`).
+pub struct PgEventStore {
+    pool: PgPool,
+    queue: mpsc::Sender<Pending>,
+}
+
+impl PgEventStore {
+    /// A store on `pool` with `writers` writer tasks sharing commits (at least one).
+    pub fn new(pool: PgPool, writers: usize) -> Arc<Self> {
+        let (queue, rx) = mpsc::channel::<Pending>(4096);
+        let rx = Arc::new(Mutex::new(rx));
+        for _ in 0..writers.max(1) {
+            tokio::spawn(writer(pool.clone(), rx.clone()));
+        }
+        Arc::new(Self { pool, queue })
+    }
+
+    /// The pool this store uses.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+async fn writer(pool: PgPool, rx: Arc<Mutex<mpsc::Receiver<Pending>>>) {
+    loop {
+        let mut batch = Vec::new();
+        {
+            let mut rx = rx.lock().await;
+            match rx.recv().await {
+                Some(p) => batch.push(p),
+                None => return,
+            }
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(p) => batch.push(p),
+                    Err(_) => break,
+                }
+            }
+        }
+        write_batch(&pool, batch).await;
+    }
+}
+
+async fn write_batch(pool: &PgPool, batch: Vec<Pending>) {
+    if batch.len() > 1 && disjoint(&batch) {
+        let requests: Vec<&AppendRequest> = batch.iter().map(|p| &p.request).collect();
+        match insert(pool, &requests).await {
+            Ok(positions) => {
+                for p in batch {
+                    let out = positions_for(&p.request, &positions);
+                    let _ = p.reply.send(Ok(out));
+                }
+                return;
+            }
+            Err(AppendError::Store(e)) if !matches!(e.0, sqlx::Error::Database(_)) => {
+                // The connection failed: the commit may or may not have happened, so nobody
+                // may retry blindly. Every request learns that its outcome is unknown.
+                tracing::error!(error = %e, size = batch.len(), "shared append failed, outcome unknown");
+                let message = e.to_string();
+                for p in batch {
+                    let err = StoreError(sqlx::Error::Protocol(message.clone()));
+                    let _ = p.reply.send(Err(AppendError::Store(err)));
+                }
+                return;
+            }
+            // The server refused the statement, so nothing of it was written: a clash or a
+            // transient failure. Each request is retried alone and gets its own answer.
+            Err(_) => {}
+        }
+    }
+    for p in batch {
+        let result = append_alone(pool, &p.request).await;
+        let _ = p.reply.send(result);
+    }
+}
+
+async fn append_alone(pool: &PgPool, request: &AppendRequest) -> Result<Appended, AppendError> {
+    let mut attempt = 0;
+    loop {
+        match insert(pool, &[request]).await {
+            Ok(positions) => return Ok(positions_for(request, &positions)),
+            Err(AppendError::Store(e)) if is_transient(&e.0) && attempt < TRANSIENT_RETRIES => {
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Requests of one batch must not touch the same stream, claim or idempotency key (the
+/// command layer serializes commands per aggregate, so this is the rule, not the exception).
+fn disjoint(batch: &[Pending]) -> bool {
+    let mut streams = HashSet::new();
+    let mut claims = HashSet::new();
+    let mut keys = HashSet::new();
+    for p in batch {
+        let r = &p.request;
+        for s in &r.streams {
+            if !streams.insert(s.stream_id) {
+                return false;
+            }
+        }
+        for c in &r.claims {
+            if !claims.insert((c.scope, c.key.as_str())) {
+                return false;
+            }
+        }
+        if let Some(i) = &r.idempotency {
+            if !keys.insert((i.subject.as_str(), i.key.as_str())) {
+                return false;
+            }
+        }
+    }
+    true
+}
+
+fn positions_for(request: &AppendRequest, positions: &HashMap<(Uuid, i64), i64>) -> Appended {
+    let mut out = Vec::new();
+    for s in &request.streams {
+        for (i, _) in s.events.iter().enumerate() {
+            let version = s.expected_version + 1 + i as i64;
+            out.push(positions.get(&(s.stream_id, version)).copied().unwrap_or(0));
+        }
+    }
+    Appended { positions: out }
+}
+
+fn is_transient(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("40001") | Some("40P01")))
+}
+
+fn classify(e: sqlx::Error) -> AppendError {
+    if let sqlx::Error::Database(db) = &e {
+        match db.constraint() {
+            Some("events_stream_version_key") => return AppendError::Conflict,
+            Some("claims_pkey") => return AppendError::ClaimTaken,
+            Some("idempotency_pkey") => return AppendError::IdempotencyTaken,
+            _ => {}
+        }
+    }
+    AppendError::Store(StoreError(e))
+}
+
+/// One statement for the whole batch: events, claims, snapshots and idempotency records in
+/// data-modifying CTEs, so the batch costs one round trip and one commit.
+const APPEND_SQL: &str = r#"
+WITH ev AS (
+    INSERT INTO events (event_id, stream_type, stream_id, stream_version, event_type,
+                        schema_version, payload, actor_sub, actor_role, command_id,
+                        correlation_id, causation_id, occurred_at)
+    SELECT e.event_id, e.stream_type, e.stream_id, e.stream_version, e.event_type,
+           e.schema_version, e.payload, e.actor_sub, e.actor_role, e.command_id,
+           e.correlation_id, e.causation_id, e.occurred_at
+    FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::bigint[], $5::text[], $6::int[],
+                $7::jsonb[], $8::text[], $9::text[], $10::uuid[], $11::uuid[], $12::uuid[],
+                $13::timestamptz[])
+         WITH ORDINALITY AS e(event_id, stream_type, stream_id, stream_version, event_type,
+                              schema_version, payload, actor_sub, actor_role, command_id,
+                              correlation_id, causation_id, occurred_at, ord)
+    ORDER BY e.ord
+    RETURNING stream_id, stream_version, position
+), cl AS (
+    INSERT INTO claims (scope, key, stream_id, stream_version, position)
+    SELECT c.scope, c.key, c.stream_id, c.stream_version, ev.position
+    FROM UNNEST($14::text[], $15::text[], $16::uuid[], $17::bigint[])
+         AS c(scope, key, stream_id, stream_version)
+    JOIN ev ON ev.stream_id = c.stream_id AND ev.stream_version = c.stream_version
+    RETURNING 1
+), sn AS (
+    INSERT INTO snapshots (stream_id, stream_type, version, state)
+    SELECT * FROM UNNEST($18::uuid[], $19::text[], $20::bigint[], $21::jsonb[])
+    ON CONFLICT (stream_id) DO UPDATE
+        SET version = EXCLUDED.version, state = EXCLUDED.state
+        WHERE snapshots.version < EXCLUDED.version
+    RETURNING 1
+), idem AS (
+    INSERT INTO idempotency (subject, key, request_hash, status, result_id, result_version,
+                             result_position)
+    SELECT i.subject, i.key, i.request_hash, i.status, i.result_id, i.result_version,
+           ev.position
+    FROM UNNEST($22::text[], $23::text[], $24::text[], $25::smallint[], $26::uuid[],
+                $27::bigint[], $28::uuid[], $29::bigint[])
+         AS i(subject, key, request_hash, status, result_id, result_version, last_stream,
+              last_version)
+    JOIN ev ON ev.stream_id = i.last_stream AND ev.stream_version = i.last_version
+    RETURNING 1
+)
+SELECT stream_id, stream_version, position FROM ev
+"#;
+
+#[derive(Default)]
+struct Columns {
+    event_id: Vec<Uuid>,
+    stream_type: Vec<String>,
+    stream_id: Vec<Uuid>,
+    stream_version: Vec<i64>,
+    event_type: Vec<String>,
+    schema_version: Vec<i32>,
+    payload: Vec<serde_json::Value>,
+    actor_sub: Vec<String>,
+    actor_role: Vec<String>,
+    command_id: Vec<Uuid>,
+    correlation_id: Vec<Uuid>,
+    causation_id: Vec<Option<Uuid>>,
+    occurred_at: Vec<DateTime<Utc>>,
+    claim_scope: Vec<String>,
+    claim_key: Vec<String>,
+    claim_stream: Vec<Uuid>,
+    claim_version: Vec<i64>,
+    snap_stream: Vec<Uuid>,
+    snap_type: Vec<String>,
+    snap_version: Vec<i64>,
+    snap_state: Vec<serde_json::Value>,
+    idem_subject: Vec<String>,
+    idem_key: Vec<String>,
+    idem_hash: Vec<String>,
+    idem_status: Vec<i16>,
+    idem_result_id: Vec<Uuid>,
+    idem_result_version: Vec<i64>,
+    idem_last_stream: Vec<Uuid>,
+    idem_last_version: Vec<i64>,
+}
+
+impl Columns {
+    fn push(&mut self, r: &AppendRequest) {
+        let m = &r.metadata;
+        for s in &r.streams {
+            for (i, e) in s.events.iter().enumerate() {
+                self.event_id.push(e.event_id);
+                self.stream_type.push(s.stream_type.to_owned());
+                self.stream_id.push(s.stream_id);
+                self.stream_version.push(s.expected_version + 1 + i as i64);
+                self.event_type.push(e.event_type.clone());
+                self.schema_version.push(e.schema_version);
+                self.payload.push(e.payload.clone());
+                self.actor_sub.push(m.actor_sub.clone());
+                self.actor_role.push(m.actor_role.clone());
+                self.command_id.push(m.command_id);
+                self.correlation_id.push(m.correlation_id);
+                self.causation_id.push(m.causation_id);
+                self.occurred_at.push(m.occurred_at);
+            }
+        }
+        for c in &r.claims {
+            self.claim_scope.push(c.scope.to_owned());
+            self.claim_key.push(c.key.clone());
+            self.claim_stream.push(c.stream_id);
+            self.claim_version.push(c.stream_version);
+        }
+        for s in &r.snapshots {
+            self.snap_stream.push(s.stream_id);
+            self.snap_type.push(s.stream_type.to_owned());
+            self.snap_version.push(s.version);
+            self.snap_state.push(s.state.clone());
+        }
+        if let Some(i) = &r.idempotency {
+            self.idem_subject.push(i.subject.clone());
+            self.idem_key.push(i.key.clone());
+            self.idem_hash.push(i.request_hash.clone());
+            self.idem_status.push(i.status as i16);
+            self.idem_result_id.push(i.result_id);
+            self.idem_result_version.push(i.result_version);
+            self.idem_last_stream.push(i.last_stream);
+            self.idem_last_version.push(i.last_version);
+        }
+    }
+}
+
+async fn insert(
+    pool: &PgPool,
+    requests: &[&AppendRequest],
+) -> Result<HashMap<(Uuid, i64), i64>, AppendError> {
+    let mut c = Columns::default();
+    for r in requests {
+        c.push(r);
+    }
+    let rows: Vec<(Uuid, i64, i64)> = sqlx::query_as(APPEND_SQL)
+        .bind(c.event_id)
+        .bind(c.stream_type)
+        .bind(c.stream_id)
+        .bind(c.stream_version)
+        .bind(c.event_type)
+        .bind(c.schema_version)
+        .bind(c.payload)
+        .bind(c.actor_sub)
+        .bind(c.actor_role)
+        .bind(c.command_id)
+        .bind(c.correlation_id)
+        .bind(c.causation_id)
+        .bind(c.occurred_at)
+        .bind(c.claim_scope)
+        .bind(c.claim_key)
+        .bind(c.claim_stream)
+        .bind(c.claim_version)
+        .bind(c.snap_stream)
+        .bind(c.snap_type)
+        .bind(c.snap_version)
+        .bind(c.snap_state)
+        .bind(c.idem_subject)
+        .bind(c.idem_key)
+        .bind(c.idem_hash)
+        .bind(c.idem_status)
+        .bind(c.idem_result_id)
+        .bind(c.idem_result_version)
+        .bind(c.idem_last_stream)
+        .bind(c.idem_last_version)
+        .fetch_all(pool)
+        .await
+        .map_err(classify)?;
+    Ok(rows.into_iter().map(|(s, v, p)| ((s, v), p)).collect())
+}
+
+const EVENT_COLUMNS: &str = "position, tx, event_id, stream_type, stream_id, stream_version, \
+     event_type, schema_version, payload, actor_sub, actor_role, command_id, correlation_id, \
+     causation_id, occurred_at";
+
+#[derive(sqlx::FromRow)]
+struct EventRow {
+    position: i64,
+    tx: i64,
+    event_id: Uuid,
+    stream_type: String,
+    stream_id: Uuid,
+    stream_version: i64,
+    event_type: String,
+    schema_version: i32,
+    payload: serde_json::Value,
+    actor_sub: String,
+    actor_role: String,
+    command_id: Uuid,
+    correlation_id: Uuid,
+    causation_id: Option<Uuid>,
+    occurred_at: DateTime<Utc>,
+}
+
+impl From<EventRow> for RecordedEvent {
+    fn from(r: EventRow) -> Self {
+        RecordedEvent {
+            position: r.position,
+            tx: r.tx,
+            event_id: r.event_id,
+            stream_type: r.stream_type,
+            stream_id: r.stream_id,
+            stream_version: r.stream_version,
+            event_type: r.event_type,
+            schema_version: r.schema_version,
+            payload: r.payload,
+            metadata: Metadata {
+                actor_sub: r.actor_sub,
+                actor_role: r.actor_role,
+                command_id: r.command_id,
+                correlation_id: r.correlation_id,
+                causation_id: r.causation_id,
+                occurred_at: r.occurred_at,
+            },
+        }
+    }
+}
+
+#[async_trait]
+impl EventStore for PgEventStore {
+    async fn append(&self, request: AppendRequest) -> Result<Appended, AppendError> {
+        let (reply, rx) = oneshot::channel();
+        if self.queue.send(Pending { request, reply }).await.is_err() {
+            return Err(AppendError::Store(StoreError(sqlx::Error::PoolClosed)));
+        }
+        rx.await
+            .unwrap_or(Err(AppendError::Store(StoreError(sqlx::Error::PoolClosed))))
+    }
+
+    async fn load(
+        &self,
+        stream_id: Uuid,
+        after_version: i64,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE stream_id = $1 AND stream_version > $2 \
+             ORDER BY stream_version"
+        );
+        let rows: Vec<EventRow> = sqlx::query_as(&sql)
+            .bind(stream_id)
+            .bind(after_version)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.into_iter().map(Into::into).collect())
+    }
+
+    async fn load_until(
+        &self,
+        stream_id: Uuid,
+        up_to: i64,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE stream_id = $1 AND stream_version <= $2 \
+             ORDER BY stream_version"
+        );
+        let rows: Vec<EventRow> = sqlx::query_as(&sql)
+            .bind(stream_id)
+            .bind(up_to)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.into_iter().map(Into::into).collect())
+    }
+
+    async fn load_snapshot(
+        &self,
+        stream_id: Uuid,
+    ) -> Result<Option<(i64, serde_json::Value)>, StoreError> {
+        Ok(
+            sqlx::query_as("SELECT version, state FROM snapshots WHERE stream_id = $1")
+                .bind(stream_id)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn read_all(&self, after: Cursor, limit: i64) -> Result<Vec<RecordedEvent>, StoreError> {
+        // Only rows of transactions below the oldest one still running are final: no row with
+        // a smaller (tx, position) can appear later. The statement's own snapshot sees all of
+        // them, because every transaction below its xmin has ended.
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM events \
+             WHERE (tx, position) > ($1, $2) \
+               AND tx < pg_snapshot_xmin(pg_current_snapshot())::text::bigint \
+             ORDER BY tx, position LIMIT $3"
+        );
+        let rows: Vec<EventRow> = sqlx::query_as(&sql)
+            .bind(after.tx)
+            .bind(after.position)
+            .bind(limit.max(0))
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.into_iter().map(Into::into).collect())
+    }
+
+    async fn claim(&self, scope: &str, key: &str) -> Result<Option<ClaimRecord>, StoreError> {
+        let row: Option<(String, Uuid, i64, i64)> = sqlx::query_as(
+            "SELECT key, stream_id, stream_version, position FROM claims WHERE scope = $1 AND key = $2",
+        )
+        .bind(scope)
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(
+            row.map(|(key, stream_id, stream_version, position)| ClaimRecord {
+                key,
+                stream_id,
+                stream_version,
+                position,
+            }),
+        )
+    }
+
+    async fn claims_with_prefix(
+        &self,
+        scope: &str,
+        prefix: &str,
+    ) -> Result<Vec<ClaimRecord>, StoreError> {
+        let rows: Vec<(String, Uuid, i64, i64)> = sqlx::query_as(
+            "SELECT key, stream_id, stream_version, position FROM claims \
+             WHERE scope = $1 AND starts_with(key, $2) ORDER BY key",
+        )
+        .bind(scope)
+        .bind(prefix)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(key, stream_id, stream_version, position)| ClaimRecord {
+                key,
+                stream_id,
+                stream_version,
+                position,
+            })
+            .collect())
+    }
+
+    async fn idempotency(
+        &self,
+        subject: &str,
+        key: &str,
+    ) -> Result<Option<StoredResponse>, StoreError> {
+        type Row = (
+            String,
+            i16,
+            Option<Uuid>,
+            Option<i64>,
+            Option<i64>,
+            Option<serde_json::Value>,
+        );
+        let row: Option<Row> = sqlx::query_as(
+            "SELECT request_hash, status, result_id, result_version, result_position, body \
+             FROM idempotency WHERE subject = $1 AND key = $2",
+        )
+        .bind(subject)
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(
+            |(request_hash, status, id, version, position, body)| StoredResponse {
+                request_hash,
+                status: status as u16,
+                result: match (id, version, position) {
+                    (Some(i), Some(v), Some(p)) => Some((i, v, p)),
+                    _ => None,
+                },
+                body,
+            },
+        ))
+    }
+
+    async fn save_idempotency(
+        &self,
+        subject: &str,
+        key: &str,
+        response: &StoredResponse,
+    ) -> Result<bool, StoreError> {
+        let (id, version, position) = match response.result {
+            Some((i, v, p)) => (Some(i), Some(v), Some(p)),
+            None => (None, None, None),
+        };
+        let done = sqlx::query(
+            "INSERT INTO idempotency (subject, key, request_hash, status, result_id, \
+             result_version, result_position, body) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(subject)
+        .bind(key)
+        .bind(&response.request_hash)
+        .bind(response.status as i16)
+        .bind(id)
+        .bind(version)
+        .bind(position)
+        .bind(&response.body)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+}

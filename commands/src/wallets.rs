@@ -1,0 +1,352 @@
+//! Wallet use cases: open, deposit, withdraw, transfer, freeze, close.
+
+use crate::repo::Loaded;
+use crate::service::{
+    ClaimSpec, CommandError, CommandResult, CommandService, Envelope, OnTaken, Plan, Refusal, Role,
+    Target, View,
+};
+use domain::account::{AccountStatus, KycStatus};
+use domain::values::bounded_text;
+use domain::wallet::{Wallet, WalletCommand};
+use domain::{Amount, Currency};
+use uuid::Uuid;
+
+/// Claim scope: one wallet per owner and currency (`<owner>:<currency>`).
+pub const WALLET_SCOPE: &str = "wallet";
+/// Claim scope: deposit references, unique per wallet (`<wallet>:<ref>`).
+pub const DEPOSIT_REF_SCOPE: &str = "deposit_ref";
+
+/// Wallet commands on an existing wallet.
+#[derive(Debug, Clone)]
+pub enum WalletAction {
+    /// Deposit.
+    Deposit {
+        /// Minor units.
+        amount: i64,
+        /// The payment provider's reference.
+        external_ref: String,
+    },
+    /// Withdraw.
+    Withdraw {
+        /// Minor units.
+        amount: i64,
+        /// The payment provider's reference.
+        external_ref: String,
+    },
+    /// Freeze.
+    Freeze {
+        /// Why.
+        reason: String,
+    },
+    /// Unfreeze.
+    Unfreeze {
+        /// Why.
+        reason: String,
+    },
+    /// CloseWallet.
+    Close,
+}
+
+/// Transfer input.
+#[derive(Debug, Clone)]
+pub struct Transfer {
+    /// Source wallet.
+    pub from_wallet: Uuid,
+    /// Destination wallet.
+    pub to_wallet: Uuid,
+    /// Minor units.
+    pub amount: i64,
+    /// An optional note.
+    pub memo: Option<String>,
+}
+
+fn external_ref(value: &str) -> Result<String, CommandError> {
+    Ok(bounded_text("external_ref", value, 1, 100)?)
+}
+
+fn reason(value: &str) -> Result<String, CommandError> {
+    Ok(bounded_text("reason", value, 1, 500)?)
+}
+
+fn exists(view_version: i64) -> Result<(), CommandError> {
+    if view_version == 0 {
+        Err(Refusal::not_found("wallet").into())
+    } else {
+        Ok(())
+    }
+}
+
+impl CommandService {
+    /// OpenWallet: for the caller's own account, or (admin) for `owner`.
+    pub async fn open_wallet(
+        &self,
+        env: &Envelope,
+        currency: &str,
+        owner: Option<Uuid>,
+    ) -> Result<CommandResult, CommandError> {
+        let currency = Currency::parse("currency", currency)?;
+        let (owner, role) = match owner {
+            Some(o) if env.actor.has(Role::Admin) => (o, Role::Admin),
+            _ => {
+                let me = self.acting_account(env).await?;
+                if owner.is_some_and(|o| o != me.state.id) {
+                    return Err(Refusal::forbidden(
+                        "only an admin opens a wallet for another account",
+                    )
+                    .into());
+                }
+                (me.state.id, Role::Customer)
+            }
+        };
+        let account = self.accounts.read(self.store.as_ref(), owner).await?;
+        if account.version == 0 {
+            return Err(Refusal::not_found("account").into());
+        }
+        if account.state.status != AccountStatus::Active {
+            return Err(
+                Refusal::new(422, "invalid_state", "the owner's account is not active").into(),
+            );
+        }
+        let key = format!("{owner}:{currency}");
+        let exists = Refusal::new(
+            409,
+            "wallet_exists",
+            format!("the account already has a {currency} wallet"),
+        );
+        if self.store.claim(WALLET_SCOPE, &key).await?.is_some() {
+            return Err(exists.into());
+        }
+        let id = Uuid::now_v7();
+        let plan = Plan {
+            result_id: None,
+            created: true,
+            role,
+            claims: vec![ClaimSpec {
+                scope: WALLET_SCOPE,
+                key,
+                stream: id,
+                on_taken: OnTaken::Refuse(exists),
+            }],
+            new_streams: true,
+        };
+        let command = WalletCommand::Open {
+            wallet_id: id,
+            owner,
+            currency,
+        };
+        let target = Target {
+            id,
+            decide: Box::new(move |_| Ok(command.clone())),
+        };
+        self.execute(&self.wallets, env, vec![target], plan).await
+    }
+
+    /// Deposit, withdraw, freeze, unfreeze and close.
+    pub async fn wallet_command(
+        &self,
+        env: &Envelope,
+        id: Uuid,
+        action: WalletAction,
+    ) -> Result<CommandResult, CommandError> {
+        let mut claims = Vec::new();
+        let (role, command, owner_check) = match action {
+            WalletAction::Deposit {
+                amount,
+                external_ref: r,
+            } => {
+                let amount = Amount::parse("amount", amount)?;
+                let r = external_ref(&r)?;
+                let role = if env.actor.has(Role::Payments) {
+                    Role::Payments
+                } else if env.actor.has(Role::Admin) {
+                    Role::Admin
+                } else {
+                    return Err(
+                        Refusal::forbidden("deposits need the payments or admin role").into(),
+                    );
+                };
+                let key = format!("{id}:{r}");
+                if let Some(first) = self.store.claim(DEPOSIT_REF_SCOPE, &key).await? {
+                    // A repeated provider reference is a no-op that answers with the first deposit.
+                    return Ok(CommandResult {
+                        id: first.stream_id,
+                        version: first.stream_version,
+                        position: first.position,
+                        created: false,
+                        recorded: false,
+                    });
+                }
+                claims.push(ClaimSpec {
+                    scope: DEPOSIT_REF_SCOPE,
+                    key,
+                    stream: id,
+                    on_taken: OnTaken::ReturnFirst,
+                });
+                (
+                    role,
+                    WalletCommand::Deposit {
+                        amount,
+                        external_ref: r,
+                    },
+                    None,
+                )
+            }
+            WalletAction::Withdraw {
+                amount,
+                external_ref: r,
+            } => {
+                let amount = Amount::parse("amount", amount)?;
+                let r = external_ref(&r)?;
+                let me = self.acting_account(env).await?;
+                let kyc = me.state.kyc == KycStatus::Approved;
+                let command = WalletCommand::Withdraw {
+                    amount,
+                    external_ref: r,
+                    owner_kyc_approved: kyc,
+                };
+                (Role::Customer, command, Some(me.state.id))
+            }
+            WalletAction::Freeze { reason: r } | WalletAction::Unfreeze { reason: r }
+                if !env.actor.has(Role::Admin) =>
+            {
+                let _ = r;
+                return Err(Refusal::forbidden("freezing needs the admin role").into());
+            }
+            WalletAction::Freeze { reason: r } => (
+                Role::Admin,
+                WalletCommand::Freeze {
+                    reason: reason(&r)?,
+                },
+                None,
+            ),
+            WalletAction::Unfreeze { reason: r } => (
+                Role::Admin,
+                WalletCommand::Unfreeze {
+                    reason: reason(&r)?,
+                },
+                None,
+            ),
+            WalletAction::Close => {
+                let me = self.acting_account(env).await?;
+                (Role::Customer, WalletCommand::Close, Some(me.state.id))
+            }
+        };
+        let plan = Plan {
+            result_id: None,
+            created: false,
+            role,
+            claims,
+            new_streams: false,
+        };
+        let target = Target {
+            id,
+            decide: Box::new(move |view: &View<Wallet>| {
+                let w = view.get(id);
+                exists(w.version)?;
+                if owner_check.is_some_and(|me| me != w.state.owner) {
+                    return Err(Refusal::forbidden("not your wallet").into());
+                }
+                Ok(command.clone())
+            }),
+        };
+        self.execute(&self.wallets, env, vec![target], plan).await
+    }
+
+    /// Transfer: the source's debit and the destination's credit in one commit.
+    pub async fn transfer(
+        &self,
+        env: &Envelope,
+        input: Transfer,
+    ) -> Result<CommandResult, CommandError> {
+        let amount = Amount::parse("amount", input.amount)?;
+        let memo = input
+            .memo
+            .as_deref()
+            .map(|m| bounded_text("memo", m, 0, 200))
+            .transpose()?;
+        let me = self.acting_account(env).await?;
+        let (from, to) = (input.from_wallet, input.to_wallet);
+        if from == to {
+            return Err(
+                Refusal::new(422, "same_wallet", "a wallet cannot transfer to itself").into(),
+            );
+        }
+        // The destination's owner must be able to receive (not suspended or closed).
+        let destination = self.wallets.read(self.store.as_ref(), to).await?;
+        exists(destination.version)?;
+        let receiver = self
+            .accounts
+            .read(self.store.as_ref(), destination.state.owner)
+            .await?;
+        if receiver.state.status != AccountStatus::Active {
+            return Err(Refusal::new(
+                422,
+                "invalid_state",
+                "the destination account cannot receive transfers",
+            )
+            .into());
+        }
+        let transfer_id = Uuid::now_v7();
+        let me_id = me.state.id;
+        let memo2 = memo.clone();
+        let source = Target {
+            id: from,
+            decide: Box::new(move |view: &View<Wallet>| {
+                let w = view.get(from);
+                exists(w.version)?;
+                if w.state.owner != me_id {
+                    return Err(Refusal::forbidden("not your wallet").into());
+                }
+                let d: &Loaded<Wallet> = view.get(to);
+                exists(d.version)?;
+                let to_currency = d
+                    .state
+                    .currency
+                    .ok_or_else(|| Refusal::not_found("wallet"))?;
+                Ok(WalletCommand::SendTransfer {
+                    transfer_id,
+                    to_wallet: to,
+                    to_currency,
+                    amount,
+                    memo: memo.clone(),
+                })
+            }),
+        };
+        let destination = Target {
+            id: to,
+            decide: Box::new(move |_| {
+                Ok(WalletCommand::ReceiveTransfer {
+                    transfer_id,
+                    from_wallet: from,
+                    amount,
+                    memo: memo2.clone(),
+                })
+            }),
+        };
+        let plan = Plan {
+            result_id: Some(transfer_id),
+            created: true,
+            role: Role::Customer,
+            claims: vec![],
+            new_streams: false,
+        };
+        self.execute(&self.wallets, env, vec![source, destination], plan)
+            .await
+    }
+
+    /// GET a wallet: its owner, admins and auditors may read it.
+    pub async fn get_wallet(
+        &self,
+        env: &Envelope,
+        id: Uuid,
+    ) -> Result<Loaded<Wallet>, CommandError> {
+        let wallet = self.wallets.read(self.store.as_ref(), id).await?;
+        exists(wallet.version)?;
+        if !(env.actor.has(Role::Admin) || env.actor.has(Role::Auditor))
+            && self.account_of(&env.actor.subject).await? != Some(wallet.state.owner)
+        {
+            return Err(Refusal::forbidden("not your wallet").into());
+        }
+        Ok(wallet)
+    }
+}

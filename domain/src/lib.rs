@@ -1,0 +1,18 @@
+//! Chronicle's domain: the aggregates (Account, Wallet), their commands, events and rules.
+//!
+//! Everything here is pure and synchronous: an aggregate decides from its state and a command
+//! to events or a typed rejection, and applies events to its state. Facts from outside (the
+//! clock, uniqueness checks, another aggregate's state) are resolved by the command layer and
+//! passed in with the command. Each aggregate implements `cqrs_es::Aggregate`.
+
+pub mod account;
+pub mod values;
+pub mod wallet;
+
+pub use values::{Amount, Currency, InvalidInput};
+
+/// A rejection by a business rule, with the stable code the HTTP layer reports.
+pub trait RuleCode {
+    /// The stable machine-readable code (`insufficient_funds`, `invalid_state`, ...).
+    fn code(&self) -> &'static str;
+}

@@ -1,0 +1,231 @@
+//! The `chronicle` binary: `serve`, `migrate` and `token`.
+
+use anyhow::Context;
+use api::{AppState, AuthConfig};
+use clap::{Parser, Subcommand, ValueEnum};
+use commands::pg::PgEventStore;
+use commands::{CommandService, Role, ServiceConfig, SystemClock};
+use std::sync::Arc;
+
+/// The development secret used with `--dev`. Never use it in production.
+const DEV_SECRET: &str = "chronicle-development-secret-not-for-production";
+
+#[derive(Parser)]
+#[command(
+    name = "chronicle",
+    version,
+    about = "Event-sourced backend for accounts, wallets, orders, escrow, pots and devices"
+)]
+struct Cli {
+    /// PostgreSQL connection URL.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/chronicle",
+        global = true
+    )]
+    database_url: String,
+    /// HS256 secret for bearer tokens (required unless --dev).
+    #[arg(
+        long,
+        env = "CHRONICLE_JWT_SECRET",
+        hide_env_values = true,
+        global = true
+    )]
+    jwt_secret: Option<String>,
+    /// Use a fixed development secret for tokens. Never in production.
+    #[arg(long, global = true)]
+    dev: bool,
+    /// Required `aud` claim of tokens, if set.
+    #[arg(long, env = "CHRONICLE_JWT_AUDIENCE", global = true)]
+    jwt_audience: Option<String>,
+    /// Required `iss` claim of tokens, if set.
+    #[arg(long, env = "CHRONICLE_JWT_ISSUER", global = true)]
+    jwt_issuer: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum ServeRole {
+    Api,
+    Projectors,
+    Processes,
+    Ingest,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create and migrate the database, then serve.
+    Serve {
+        /// Address to listen on.
+        #[arg(long, env = "CHRONICLE_LISTEN", default_value = "127.0.0.1:8080")]
+        listen: String,
+        /// Which parts to run in this process.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "api,projectors,processes,ingest"
+        )]
+        roles: Vec<ServeRole>,
+        /// NATS server URL (unset: no NATS).
+        #[arg(long, env = "NATS_URL")]
+        nats_url: Option<String>,
+        /// Database connections in the pool.
+        #[arg(long, env = "CHRONICLE_DB_POOL", default_value_t = 32)]
+        db_pool: u32,
+        /// Writer tasks sharing commits.
+        #[arg(long, env = "CHRONICLE_WRITERS", default_value_t = 2)]
+        writers: usize,
+    },
+    /// Create and migrate the database, then exit.
+    Migrate,
+    /// Print a development token signed with the configured secret.
+    Token {
+        /// The subject.
+        #[arg(long)]
+        sub: String,
+        /// A role (repeatable): customer, payments, admin, auditor, arbiter.
+        #[arg(long = "role", value_parser = parse_role)]
+        roles: Vec<Role>,
+        /// Lifetime, such as 1h, 30m, 3600s.
+        #[arg(long, default_value = "1h", value_parser = parse_ttl)]
+        ttl: u64,
+    },
+}
+
+fn parse_role(s: &str) -> Result<Role, String> {
+    serde_json::from_value(serde_json::Value::String(s.to_owned())).map_err(|_| {
+        format!("unknown role {s:?}: use customer, payments, admin, auditor or arbiter")
+    })
+}
+
+fn parse_ttl(s: &str) -> Result<u64, String> {
+    let (digits, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = digits.parse().map_err(|_| format!("bad duration {s:?}"))?;
+    let factor = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return Err(format!("bad duration unit in {s:?}: use s, m, h or d")),
+    };
+    n.checked_mul(factor)
+        .filter(|v| *v > 0)
+        .ok_or_else(|| format!("bad duration {s:?}"))
+}
+
+fn auth_config(cli: &Cli) -> anyhow::Result<AuthConfig> {
+    let secret = match (&cli.jwt_secret, cli.dev) {
+        (Some(s), _) if !s.is_empty() => s.clone(),
+        (_, true) => {
+            tracing::warn!(
+                "--dev: tokens use a FIXED DEVELOPMENT SECRET; never run like this in production"
+            );
+            DEV_SECRET.to_owned()
+        }
+        _ => {
+            anyhow::bail!("CHRONICLE_JWT_SECRET is required (or pass --dev for local development)")
+        }
+    };
+    Ok(AuthConfig::hs256(
+        secret.as_bytes(),
+        cli.jwt_audience.clone(),
+        cli.jwt_issuer.clone(),
+    ))
+}
+
+async fn prepare_database(url: &str, pool_size: u32) -> anyhow::Result<sqlx::PgPool> {
+    commands::db::ensure_database(url)
+        .await
+        .context("cannot create the database")?;
+    let pool = commands::db::connect(url, pool_size)
+        .await
+        .context("cannot connect to PostgreSQL")?;
+    commands::db::migrate(&pool)
+        .await
+        .context("cannot migrate the database")?;
+    Ok(pool)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutting down");
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match &cli.command {
+        Command::Token { sub, roles, ttl } => {
+            let auth = auth_config(&cli)?;
+            println!("{}", auth.mint(sub, roles, *ttl)?);
+        }
+        Command::Migrate => {
+            prepare_database(&cli.database_url, 2).await?;
+            tracing::info!("database migrated");
+        }
+        Command::Serve {
+            listen,
+            roles,
+            nats_url,
+            db_pool,
+            writers,
+        } => {
+            let auth = auth_config(&cli)?;
+            let pool = prepare_database(&cli.database_url, *db_pool).await?;
+            if nats_url.is_none() {
+                tracing::info!(
+                    "NATS_URL is not set: no NATS (telemetry over HTTP only, no event fan-out)"
+                );
+            }
+            for role in roles {
+                if *role != ServeRole::Api {
+                    tracing::info!(?role, "this role has no workers in this version yet");
+                }
+            }
+            if !roles.contains(&ServeRole::Api) {
+                tracing::info!("the api role is off: nothing to serve");
+                return Ok(());
+            }
+            let store = PgEventStore::new(pool.clone(), *writers);
+            let service =
+                CommandService::new(store, Arc::new(SystemClock), ServiceConfig::default());
+            let state = AppState {
+                service: Arc::new(service),
+                auth: Arc::new(auth),
+                pool,
+            };
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("cannot listen on {listen}"))?;
+            tracing::info!(address = %listener.local_addr()?, "chronicle is serving");
+            axum::serve(listener, api::router(state))
+                .with_graceful_shutdown(shutdown_signal())
+                .await?;
+        }
+    }
+    Ok(())
+}
