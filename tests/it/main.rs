@@ -1,1 +1,11 @@
+//! Chronicle's black-box and cross-crate tests: one test binary of modules, each test on a
+//! fresh PostgreSQL database of its own.
 
+mod support;
+
+mod bad_input;
+mod concurrency;
+mod event_store;
+mod idempotency;
+mod rules_over_http;
+mod state_machine;
