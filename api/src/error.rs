@@ -6,7 +6,7 @@ use commands::CommandError;
 use serde::Serialize;
 
 /// An error answer.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Problem {
     /// A URI naming the problem type.
     #[serde(rename = "type")]
@@ -88,9 +88,13 @@ impl From<CommandError> for Problem {
                 "idempotency_key_reused",
                 "the Idempotency-Key was already used with a different request",
             ),
-            CommandError::Load(e) => {
+            CommandError::Load(commands::repo::LoadError::Store(e)) => {
                 tracing::error!(error = %e, "command failed in the store");
                 Problem::new(503, "unavailable", "the service could not complete the command; retry with the same Idempotency-Key")
+            }
+            CommandError::Load(e) => {
+                tracing::error!(error = %e, "stored events could not be replayed");
+                Problem::new(500, "internal", "the aggregate could not be loaded")
             }
         }
     }

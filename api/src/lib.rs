@@ -5,6 +5,8 @@
 pub mod auth;
 pub mod error;
 pub mod extract;
+pub mod metrics;
+pub mod openapi;
 mod routes;
 
 use axum::extract::DefaultBodyLimit;
@@ -34,9 +36,13 @@ pub struct AppState {
 /// The whole HTTP router.
 pub fn router(state: AppState) -> Router {
     use routes::*;
+    let _ = metrics::handle();
     Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
+        .route("/metrics", get(metrics::render))
+        .route("/openapi.json", get(openapi::spec))
+        .route("/docs", get(openapi::docs))
         .route("/v1/accounts", post(open_account))
         .route("/v1/accounts/{id}", get(get_account))
         .route("/v1/accounts/{id}/profile", patch(update_profile))
@@ -59,6 +65,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/wallets/{id}/close", post(close_wallet))
         .route("/v1/transfers", post(transfer))
         .layer(axum::middleware::map_response(error::problems_everywhere))
+        .route_layer(axum::middleware::from_fn(metrics::track))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(RequestBodyLimitLayer::new(4 * MAX_BODY_BYTES))
         .with_state(state)

@@ -14,6 +14,7 @@ use commands::{CommandError, CommandResult, Envelope};
 use domain::account::Preferences;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 fn answer(result: Result<CommandResult, CommandError>) -> Response {
@@ -39,19 +40,19 @@ fn with_etag(version: i64, body: serde_json::Value) -> Response {
 }
 
 /// An empty command body (`{}` or nothing).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NoBody {}
 
 /// A body with a reason.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReasonBody {
     reason: String,
 }
 
 /// POST /v1/accounts.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OpenAccountBody {
     email: String,
@@ -65,6 +66,7 @@ pub struct OpenAccountBody {
     subject: Option<String>,
 }
 
+#[utoipa::path(post, path = "/v1/accounts", tag = "commands", request_body = OpenAccountBody, params(("Idempotency-Key" = Option<String>, Header, description = "makes the command safe to retry"), ("If-Match" = Option<String>, Header, description = "the version the aggregate must be at, as an ETag")), security(("bearer" = [])), responses((status = 201, description = "OpenAccount", body = CommandAnswer), (status = 400, description = "invalid input", body = Problem, content_type = "application/problem+json"), (status = 401, description = "no or bad credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "not allowed", body = Problem, content_type = "application/problem+json"), (status = 404, description = "unknown id", body = Problem, content_type = "application/problem+json"), (status = 409, description = "conflict or uniqueness clash", body = Problem, content_type = "application/problem+json"), (status = 412, description = "If-Match failed", body = Problem, content_type = "application/problem+json"), (status = 422, description = "business rule", body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn open_account(
     State(s): State<AppState>,
     req: CommandRequest<OpenAccountBody>,
@@ -86,17 +88,18 @@ pub(crate) async fn open_account(
 }
 
 /// PATCH /v1/accounts/{id}/profile.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProfileBody {
     #[serde(default)]
     display_name: Option<String>,
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     preferences: Option<Preferences>,
 }
 
 /// POST /v1/accounts/{id}/kyc.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KycBody {
     document_ref: String,
@@ -110,6 +113,7 @@ async fn account_action(s: &AppState, env: &Envelope, id: Uuid, action: AccountA
     )
 }
 
+#[utoipa::path(patch, path = "/v1/accounts/{id}/profile", tag = "commands", request_body = ProfileBody, params(("id" = Uuid, Path, description = "aggregate id"), ("Idempotency-Key" = Option<String>, Header, description = "makes the command safe to retry"), ("If-Match" = Option<String>, Header, description = "the version the aggregate must be at, as an ETag")), security(("bearer" = [])), responses((status = 200, description = "UpdateProfile", body = CommandAnswer), (status = 400, description = "invalid input", body = Problem, content_type = "application/problem+json"), (status = 401, description = "no or bad credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "not allowed", body = Problem, content_type = "application/problem+json"), (status = 404, description = "unknown id", body = Problem, content_type = "application/problem+json"), (status = 409, description = "conflict or uniqueness clash", body = Problem, content_type = "application/problem+json"), (status = 412, description = "If-Match failed", body = Problem, content_type = "application/problem+json"), (status = 422, description = "business rule", body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn update_profile(
     State(s): State<AppState>,
     Path(id): Path<Uuid>,
@@ -122,6 +126,7 @@ pub(crate) async fn update_profile(
     account_action(&s, &req.env, id, action).await
 }
 
+#[utoipa::path(post, path = "/v1/accounts/{id}/kyc", tag = "commands", request_body = KycBody, params(("id" = Uuid, Path, description = "aggregate id"), ("Idempotency-Key" = Option<String>, Header, description = "makes the command safe to retry"), ("If-Match" = Option<String>, Header, description = "the version the aggregate must be at, as an ETag")), security(("bearer" = [])), responses((status = 200, description = "SubmitKyc", body = CommandAnswer), (status = 400, description = "invalid input", body = Problem, content_type = "application/problem+json"), (status = 401, description = "no or bad credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "not allowed", body = Problem, content_type = "application/problem+json"), (status = 404, description = "unknown id", body = Problem, content_type = "application/problem+json"), (status = 409, description = "conflict or uniqueness clash", body = Problem, content_type = "application/problem+json"), (status = 412, description = "If-Match failed", body = Problem, content_type = "application/problem+json"), (status = 422, description = "business rule", body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn submit_kyc(
     State(s): State<AppState>,
     Path(id): Path<Uuid>,
@@ -138,6 +143,7 @@ pub(crate) async fn submit_kyc(
     .await
 }
 
+#[utoipa::path(post, path = "/v1/accounts/{id}/kyc/approve", tag = "commands", params(("id" = Uuid, Path, description = "aggregate id"), ("Idempotency-Key" = Option<String>, Header, description = "makes the command safe to retry"), ("If-Match" = Option<String>, Header, description = "the version the aggregate must be at, as an ETag")), security(("bearer" = [])), responses((status = 200, description = "ApproveKyc (admin)", body = CommandAnswer), (status = 400, description = "invalid input", body = Problem, content_type = "application/problem+json"), (status = 401, description = "no or bad credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "not allowed", body = Problem, content_type = "application/problem+json"), (status = 404, description = "unknown id", body = Problem, content_type = "application/problem+json"), (status = 409, description = "conflict or uniqueness clash", body = Problem, content_type = "application/problem+json"), (status = 412, description = "If-Match failed", body = Problem, content_type = "application/problem+json"), (status = 422, description = "business rule", body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn approve_kyc(
     State(s): State<AppState>,
     Path(id): Path<Uuid>,
@@ -146,6 +152,7 @@ pub(crate) async fn approve_kyc(
     account_action(&s, &req.env, id, AccountAction::ApproveKyc).await
 }
 
+#[utoipa::path(post, path = "/v1/accounts/{id}/kyc/reject", tag = "commands", request_body = ReasonBody, params(("id" = Uuid, Path, description = "aggregate id"), ("Idempotency-Key" = Option<String>, Header, description = "makes the command safe to retry"), ("If-Match" = Option<String>, Header, description = "the version the aggregate must be at, as an ETag")), security(("bearer" = [])), responses((status = 200, description = "RejectKyc (admin)", body = CommandAnswer), (status = 400, description = "invalid input", body = Problem, content_type = "application/problem+json"), (status = 401, description = "no or bad credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "not allowed", body = Problem, content_type = "application/problem+json"), (status = 404, description = "unknown id", body = Problem, content_type = "application/problem+json"), (status = 409, description = "conflict or uniqueness clash", body = Problem, content_type = "application/problem+json"), (status = 412, description = "If-Match failed", body = Problem, content_type = "application/problem+json"), (status = 422, description = "business rule", body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn reject_kyc(
     State(s): State<AppState>,
     Path(id): Path<Uuid>,
@@ -162,6 +169,7 @@ pub(crate) async fn reject_kyc(
     .await
 }
 
+#[utoipa::path(post, path = "/v1/accounts/{id}/suspend", tag = "commands", request_body = ReasonBody, params(("id" = Uuid, Path, description = "aggregate id"), ("Idempotency-Key" = Option<String>, Header, description = "makes the command safe to retry"), ("If-Match" = Option<String>, Header, description = "the version the aggregate must be at, as an ETag")), security(("bearer" = [])), responses((status = 200, description = "SuspendAccount (admin)", body = CommandAnswer), (status = 400, description = "invalid input", body = Problem, content_type = "application/problem+json"), (status = 401, description = "no or bad credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "not allowed", body = Problem, content_type = "application/problem+json"), (status = 404, description = "unknown id", body = Problem, content_type = "application/problem+json"), (status = 409, description = "conflict or uniqueness clash", body = Problem, content_type = "application/problem+json"), (status = 412, description = "If-Match failed", body = Problem, content_type = "application/problem+json"), (status = 422, description = "business rule", body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn suspend_account(
     State(s): State<AppState>,
     Path(id): Path<Uuid>,
@@ -178,6 +186,7 @@ pub(crate) async fn suspend_account(
     .await
 }
 
+#[utoipa::path(post, path = "/v1/accounts/{id}/reinstate", tag = "commands", params(("id" = Uuid, Path, description = "aggregate id"), ("Idempotency-Key" = Option<String>, Header, description = "makes the command safe to retry"), ("If-Match" = Option<String>, Header, description = "the version the aggregate must be at, as an ETag")), security(("bearer" = [])), responses((status = 200, description = "ReinstateAccount (admin)", body = CommandAnswer), (status = 400, description = "invalid input", body = Problem, content_type = "application/problem+json"), (status = 401, description = "no or bad credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "not allowed", body = Problem, content_type = "application/problem+json"), (status = 404, description = "unknown id", body = Problem, content_type = "application/problem+json"), (status = 409, description = "conflict or uniqueness clash", body = Problem, content_type = "application/problem+json"), (status = 412, description = "If-Match failed", body = Problem, content_type = "application/problem+json"), (status = 422, description = "business rule", body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn reinstate_account(
     State(s): State<AppState>,
     Path(id): Path<Uuid>,
@@ -186,6 +195,7 @@ pub(crate) async fn reinstate_account(
     account_action(&s, &req.env, id, AccountAction::Reinstate).await
 }
 
+#[utoipa::path(post, path = "/v1/accounts/{id}/close", tag = "commands", request_body = ReasonBody, params(("id" = Uuid, Path, description = "aggregate id"), ("Idempotency-Key" = Option<String>, Header, description = "makes the command safe to retry"), ("If-Match" = Option<String>, Header, description = "the version the aggregate must be at, as an ETag")), security(("bearer" = [])), responses((status = 200, description = "CloseAccount", body = CommandAnswer), (status = 400, description = "invalid input", body = Problem, content_type = "application/problem+json"), (status = 401, description = "no or bad credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "not allowed", body = Problem, content_type = "application/problem+json"), (status = 404, description = "unknown id", body = Problem, content_type = "application/problem+json"), (status = 409, description = "conflict or uniqueness clash", body = Problem, content_type = "application/problem+json"), (status = 412, description = "If-Match failed", body = Problem, content_type = "application/problem+json"), (status = 422, description = "business rule", body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn close_account(
     State(s): State<AppState>,
     Path(id): Path<Uuid>,
@@ -202,6 +212,7 @@ pub(crate) async fn close_account(
     .await
 }
 
+#[utoipa::path(delete, path = "/v1/accounts/{id}/personal-data", tag = "commands", params(("id" = Uuid, Path, description = "aggregate id"), ("Idempotency-Key" = Option<String>, Header, description = "makes the command safe to retry"), ("If-Match" = Option<String>, Header, description = "the version the aggregate must be at, as an ETag")), security(("bearer" = [])), responses((status = 200, description = "ErasePersonalData (admin)", body = CommandAnswer), (status = 400, description = "invalid input", body = Problem, content_type = "application/problem+json"), (status = 401, description = "no or bad credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "not allowed", body = Problem, content_type = "application/problem+json"), (status = 404, description = "unknown id", body = Problem, content_type = "application/problem+json"), (status = 409, description = "conflict or uniqueness clash", body = Problem, content_type = "application/problem+json"), (status = 412, description = "If-Match failed", body = Problem, content_type = "application/problem+json"), (status = 422, description = "business rule", body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn erase_personal_data(
     State(s): State<AppState>,
     Path(id): Path<Uuid>,
@@ -210,6 +221,7 @@ pub(crate) async fn erase_personal_data(
     account_action(&s, &req.env, id, AccountAction::ErasePersonalData).await
 }
 
+#[utoipa::path(get, path = "/v1/accounts/{id}", tag = "queries", params(("id" = Uuid, Path)), security(("bearer" = [])), responses((status = 200, description = "the account; ETag is its version", body = Object), (status = 401, description = "no or bad credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "not allowed", body = Problem, content_type = "application/problem+json"), (status = 404, description = "unknown id", body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn get_account(
     State(s): State<AppState>,
     Path(id): Path<Uuid>,
@@ -240,7 +252,7 @@ pub(crate) async fn get_account(
 }
 
 /// POST /v1/wallets.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OpenWalletBody {
     currency: String,
@@ -248,6 +260,7 @@ pub struct OpenWalletBody {
     owner: Option<Uuid>,
 }
 
+#[utoipa::path(post, path = "/v1/wallets", tag = "commands", request_body = OpenWalletBody, params(("Idempotency-Key" = Option<String>, Header, description = "makes the command safe to retry"), ("If-Match" = Option<String>, Header, description = "the version the aggregate must be at, as an ETag")), security(("bearer" = [])), responses((status = 201, description = "OpenWallet", body = CommandAnswer), (status = 400, description = "invalid input", body = Problem, content_type = "application/problem+json"), (status = 401, description = "no or bad credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "not allowed", body = Problem, content_type = "application/problem+json"), (status = 404, description = "unknown id", body = Problem, content_type = "application/problem+json"), (status = 409, description = "conflict or uniqueness clash", body = Problem, content_type = "application/problem+json"), (status = 412, description = "If-Match failed", body = Problem, content_type = "application/problem+json"), (status = 422, description = "business rule", body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn open_wallet(
     State(s): State<AppState>,
     req: CommandRequest<OpenWalletBody>,
@@ -262,7 +275,7 @@ pub(crate) async fn open_wallet(
 }
 
 /// Deposits and withdrawals.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MoneyBody {
     amount: i64,
@@ -277,6 +290,7 @@ async fn wallet_action(s: &AppState, env: &Envelope, id: Uuid, action: WalletAct
     )
 }
 
+#[utoipa::path(post, path = "/v1/wallets/{id}/deposits", tag = "commands", request_body = MoneyBody, params(("id" = Uuid, Path, description = "aggregate id"), ("Idempotency-Key" = Option<String>, Header, description = "makes the command safe to retry"), ("If-Match" = Option<String>, Header, description = "the version the aggregate must be at, as an ETag")), security(("bearer" = [])), responses((status = 200, description = "Deposit (payments or admin)", body = CommandAnswer), (status = 400, description = "invalid input", body = Problem, content_type = "application/problem+json"), (status = 401, description = "no or bad credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "not allowed", body = Problem, content_type = "application/problem+json"), (status = 404, description = "unknown id", body = Problem, content_type = "application/problem+json"), (status = 409, description = "conflict or uniqueness clash", body = Problem, content_type = "application/problem+json"), (status = 412, description = "If-Match failed", body = Problem, content_type = "application/problem+json"), (status = 422, description = "business rule", body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn deposit(
     State(s): State<AppState>,
     Path(id): Path<Uuid>,
@@ -289,6 +303,7 @@ pub(crate) async fn deposit(
     wallet_action(&s, &req.env, id, action).await
 }
 
+#[utoipa::path(post, path = "/v1/wallets/{id}/withdrawals", tag = "commands", request_body = MoneyBody, params(("id" = Uuid, Path, description = "aggregate id"), ("Idempotency-Key" = Option<String>, Header, description = "makes the command safe to retry"), ("If-Match" = Option<String>, Header, description = "the version the aggregate must be at, as an ETag")), security(("bearer" = [])), responses((status = 200, description = "Withdraw", body = CommandAnswer), (status = 400, description = "invalid input", body = Problem, content_type = "application/problem+json"), (status = 401, description = "no or bad credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "not allowed", body = Problem, content_type = "application/problem+json"), (status = 404, description = "unknown id", body = Problem, content_type = "application/problem+json"), (status = 409, description = "conflict or uniqueness clash", body = Problem, content_type = "application/problem+json"), (status = 412, description = "If-Match failed", body = Problem, content_type = "application/problem+json"), (status = 422, description = "business rule", body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn withdraw(
     State(s): State<AppState>,
     Path(id): Path<Uuid>,
@@ -301,6 +316,7 @@ pub(crate) async fn withdraw(
     wallet_action(&s, &req.env, id, action).await
 }
 
+#[utoipa::path(post, path = "/v1/wallets/{id}/freeze", tag = "commands", request_body = ReasonBody, params(("id" = Uuid, Path, description = "aggregate id"), ("Idempotency-Key" = Option<String>, Header, description = "makes the command safe to retry"), ("If-Match" = Option<String>, Header, description = "the version the aggregate must be at, as an ETag")), security(("bearer" = [])), responses((status = 200, description = "Freeze (admin)", body = CommandAnswer), (status = 400, description = "invalid input", body = Problem, content_type = "application/problem+json"), (status = 401, description = "no or bad credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "not allowed", body = Problem, content_type = "application/problem+json"), (status = 404, description = "unknown id", body = Problem, content_type = "application/problem+json"), (status = 409, description = "conflict or uniqueness clash", body = Problem, content_type = "application/problem+json"), (status = 412, description = "If-Match failed", body = Problem, content_type = "application/problem+json"), (status = 422, description = "business rule", body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn freeze(
     State(s): State<AppState>,
     Path(id): Path<Uuid>,
@@ -317,6 +333,7 @@ pub(crate) async fn freeze(
     .await
 }
 
+#[utoipa::path(post, path = "/v1/wallets/{id}/unfreeze", tag = "commands", request_body = ReasonBody, params(("id" = Uuid, Path, description = "aggregate id"), ("Idempotency-Key" = Option<String>, Header, description = "makes the command safe to retry"), ("If-Match" = Option<String>, Header, description = "the version the aggregate must be at, as an ETag")), security(("bearer" = [])), responses((status = 200, description = "Unfreeze (admin)", body = CommandAnswer), (status = 400, description = "invalid input", body = Problem, content_type = "application/problem+json"), (status = 401, description = "no or bad credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "not allowed", body = Problem, content_type = "application/problem+json"), (status = 404, description = "unknown id", body = Problem, content_type = "application/problem+json"), (status = 409, description = "conflict or uniqueness clash", body = Problem, content_type = "application/problem+json"), (status = 412, description = "If-Match failed", body = Problem, content_type = "application/problem+json"), (status = 422, description = "business rule", body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn unfreeze(
     State(s): State<AppState>,
     Path(id): Path<Uuid>,
@@ -333,6 +350,7 @@ pub(crate) async fn unfreeze(
     .await
 }
 
+#[utoipa::path(post, path = "/v1/wallets/{id}/close", tag = "commands", params(("id" = Uuid, Path, description = "aggregate id"), ("Idempotency-Key" = Option<String>, Header, description = "makes the command safe to retry"), ("If-Match" = Option<String>, Header, description = "the version the aggregate must be at, as an ETag")), security(("bearer" = [])), responses((status = 200, description = "CloseWallet", body = CommandAnswer), (status = 400, description = "invalid input", body = Problem, content_type = "application/problem+json"), (status = 401, description = "no or bad credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "not allowed", body = Problem, content_type = "application/problem+json"), (status = 404, description = "unknown id", body = Problem, content_type = "application/problem+json"), (status = 409, description = "conflict or uniqueness clash", body = Problem, content_type = "application/problem+json"), (status = 412, description = "If-Match failed", body = Problem, content_type = "application/problem+json"), (status = 422, description = "business rule", body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn close_wallet(
     State(s): State<AppState>,
     Path(id): Path<Uuid>,
@@ -342,7 +360,7 @@ pub(crate) async fn close_wallet(
 }
 
 /// A wallet as GET /v1/wallets/{id} returns it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct WalletView {
     id: Uuid,
     owner: Uuid,
@@ -350,10 +368,12 @@ pub struct WalletView {
     balance: i64,
     held: i64,
     available: i64,
+    #[schema(value_type = String, example = "active")]
     status: domain::wallet::WalletStatus,
     version: i64,
 }
 
+#[utoipa::path(get, path = "/v1/wallets/{id}", tag = "queries", params(("id" = Uuid, Path)), security(("bearer" = [])), responses((status = 200, description = "the wallet; ETag is its version", body = WalletView), (status = 401, description = "no or bad credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "not allowed", body = Problem, content_type = "application/problem+json"), (status = 404, description = "unknown id", body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn get_wallet(
     State(s): State<AppState>,
     Path(id): Path<Uuid>,
@@ -379,7 +399,7 @@ pub(crate) async fn get_wallet(
 }
 
 /// POST /v1/transfers.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TransferBody {
     from_wallet: Uuid,
@@ -389,6 +409,7 @@ pub struct TransferBody {
     memo: Option<String>,
 }
 
+#[utoipa::path(post, path = "/v1/transfers", tag = "commands", request_body = TransferBody, params(("Idempotency-Key" = Option<String>, Header, description = "makes the command safe to retry"), ("If-Match" = Option<String>, Header, description = "the version the aggregate must be at, as an ETag")), security(("bearer" = [])), responses((status = 201, description = "Transfer", body = CommandAnswer), (status = 400, description = "invalid input", body = Problem, content_type = "application/problem+json"), (status = 401, description = "no or bad credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "not allowed", body = Problem, content_type = "application/problem+json"), (status = 404, description = "unknown id", body = Problem, content_type = "application/problem+json"), (status = 409, description = "conflict or uniqueness clash", body = Problem, content_type = "application/problem+json"), (status = 412, description = "If-Match failed", body = Problem, content_type = "application/problem+json"), (status = 422, description = "business rule", body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn transfer(
     State(s): State<AppState>,
     req: CommandRequest<TransferBody>,
@@ -408,10 +429,12 @@ pub(crate) async fn transfer(
     )
 }
 
+#[utoipa::path(get, path = "/health", tag = "operations", responses((status = 200, description = "the process is up")))]
 pub(crate) async fn health() -> Response {
     Json(json!({"status": "ok"})).into_response()
 }
 
+#[utoipa::path(get, path = "/ready", tag = "operations", responses((status = 200, description = "database reachable, migrations applied"), (status = 503, description = "not ready", body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn ready(State(s): State<AppState>) -> Response {
     let expected = schemas::MIGRATOR
         .iter()
@@ -434,4 +457,15 @@ pub(crate) async fn ready(State(s): State<AppState>) -> Response {
             Problem::new(503, "not_ready", "the database is not reachable").into_response()
         }
     }
+}
+
+/// A command's answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CommandAnswer {
+    /// The aggregate's (or transfer's) id.
+    id: Uuid,
+    /// The aggregate's version after the command.
+    version: i64,
+    /// The global log position of the last event written.
+    position: i64,
 }

@@ -71,6 +71,7 @@ async fn writer(pool: PgPool, rx: Arc<Mutex<mpsc::Receiver<Pending>>>) {
 }
 
 async fn write_batch(pool: &PgPool, batch: Vec<Pending>) {
+    metrics::histogram!("chronicle_append_batch_requests").record(batch.len() as f64);
     if batch.len() > 1 && disjoint(&batch) {
         let requests: Vec<&AppendRequest> = batch.iter().map(|p| &p.request).collect();
         match insert(pool, &requests).await {

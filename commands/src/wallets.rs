@@ -149,6 +149,7 @@ impl CommandService {
         action: WalletAction,
     ) -> Result<CommandResult, CommandError> {
         let mut claims = Vec::new();
+        let mut deposit_ref = None;
         let (role, command, owner_check) = match action {
             WalletAction::Deposit {
                 amount,
@@ -165,17 +166,11 @@ impl CommandService {
                         Refusal::forbidden("deposits need the payments or admin role").into(),
                     );
                 };
+                // A repeated provider reference is a no-op that answers with the first deposit.
+                // The claim is checked at commit (no read on the hot path); when the reference
+                // is taken, the command answers with the first deposit's result.
                 let key = format!("{id}:{r}");
-                if let Some(first) = self.store.claim(DEPOSIT_REF_SCOPE, &key).await? {
-                    // A repeated provider reference is a no-op that answers with the first deposit.
-                    return Ok(CommandResult {
-                        id: first.stream_id,
-                        version: first.stream_version,
-                        position: first.position,
-                        created: false,
-                        recorded: false,
-                    });
-                }
+                deposit_ref = Some(key.clone());
                 claims.push(ClaimSpec {
                     scope: DEPOSIT_REF_SCOPE,
                     key,
@@ -249,7 +244,23 @@ impl CommandService {
                 Ok(command.clone())
             }),
         };
-        self.execute(&self.wallets, env, vec![target], plan).await
+        match self.execute(&self.wallets, env, vec![target], plan).await {
+            // A repeat of a deposit to a wallet that has since been closed is still a no-op.
+            Err(CommandError::Refused(refusal)) => match deposit_ref {
+                Some(key) => match self.store.claim(DEPOSIT_REF_SCOPE, &key).await? {
+                    Some(first) => Ok(CommandResult {
+                        id: first.stream_id,
+                        version: first.stream_version,
+                        position: first.position,
+                        created: false,
+                        recorded: false,
+                    }),
+                    None => Err(refusal.into()),
+                },
+                None => Err(refusal.into()),
+            },
+            other => other,
+        }
     }
 
     /// Transfer: the source's debit and the destination's credit in one commit.

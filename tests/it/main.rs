@@ -7,5 +7,6 @@ mod bad_input;
 mod concurrency;
 mod event_store;
 mod idempotency;
+mod operations;
 mod rules_over_http;
 mod state_machine;
