@@ -28,7 +28,11 @@ ensure_postgres() {
   echo "starting PostgreSQL $version" >&2
   as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
   for _ in $(seq 1 60); do
-    pg_up && return 0
+    if pg_up; then
+      # The package may have started the cluster before pg_hba.conf was changed.
+      [ "${fresh:-0}" = 1 ] && as_root pg_ctlcluster --skip-systemctl-redirect "$version" main reload || true
+      return 0
+    fi
     sleep 0.5
   done
   echo "PostgreSQL did not come up on 127.0.0.1:5432" >&2
