@@ -275,6 +275,9 @@ impl Default for ServiceConfig {
     }
 }
 
+/// The in-process lock of one idempotency key.
+type KeyLock = Arc<AsyncMutex<()>>;
+
 /// Handles commands: loads aggregates, checks rules, appends events.
 pub struct CommandService {
     pub(crate) store: Arc<dyn EventStore>,
@@ -283,7 +286,7 @@ pub struct CommandService {
     pub(crate) accounts: Repo<Account>,
     pub(crate) wallets: Repo<Wallet>,
     subjects: Mutex<HashMap<String, Uuid>>,
-    idempotency_locks: Mutex<HashMap<(String, String), Arc<AsyncMutex<()>>>>,
+    idempotency_locks: Mutex<HashMap<(String, String), KeyLock>>,
 }
 
 impl CommandService {
