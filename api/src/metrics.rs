@@ -1,7 +1,8 @@
 //! Prometheus metrics: HTTP requests by route and status, their latency, and whatever the
 //! other crates record through the `metrics` facade (shared-commit batch sizes, ...).
 
-use axum::extract::{MatchedPath, Request};
+use crate::AppState;
+use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -45,7 +46,19 @@ pub async fn track(req: Request, next: Next) -> Response {
 }
 
 /// GET /metrics: Prometheus text.
-pub async fn render() -> Response {
+pub async fn render(State(state): State<AppState>) -> Response {
+    // The oldest open transaction in the cluster holds back the log's read horizon: readers
+    // of `read_all` wait for it. Its age is the first thing to look at when projections lag.
+    let age: Result<f64, sqlx::Error> = sqlx::query_scalar(
+        "SELECT coalesce(max(extract(epoch FROM clock_timestamp() - xact_start)), 0)::float8 \
+         FROM pg_stat_activity WHERE backend_xid IS NOT NULL OR backend_xmin IS NOT NULL",
+    )
+    .fetch_one(&state.pool)
+    .await;
+    match age {
+        Ok(seconds) => metrics::gauge!("chronicle_log_horizon_age_seconds").set(seconds),
+        Err(e) => tracing::warn!(error = %e, "cannot read the log horizon's age"),
+    }
     let body = handle().map(|h| h.render()).unwrap_or_default();
     (
         [(

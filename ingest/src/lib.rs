@@ -1,1 +1,2 @@
-//! placeholder
+//! Chronicle's telemetry ingestion over HTTP and NATS JetStream into the time-series log.
+//! Not built yet.

@@ -59,6 +59,7 @@ async fn metrics_count_requests_by_route_and_status() {
         "no request counter for GET /v1/wallets/{{id}} in:\n{text}"
     );
     assert!(text.contains("chronicle_append_batch_requests"), "no batch-size histogram in:\n{text}");
+    assert!(text.contains("chronicle_log_horizon_age_seconds"), "no horizon age in:\n{text}");
     let _ = Role::Customer;
 }
 
