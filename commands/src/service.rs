@@ -466,7 +466,8 @@ impl CommandService {
             view.guards.insert(id, guard);
         }
         let metadata = self.metadata(env, plan.role);
-        for _attempt in 0..=self.config.max_retries {
+        let mut attempt = 0_u64;
+        for _ in 0..=self.config.max_retries {
             if let Some(expected) = env.if_match {
                 let current = view.get(first).version;
                 if current != expected {
@@ -570,6 +571,11 @@ impl CommandService {
                     });
                 }
                 Err(AppendError::Conflict) => {
+                    // Another process moved a stream on: back off a little (randomly, so two
+                    // racers do not collide again in step), reload what changed, decide again.
+                    attempt += 1;
+                    let jitter = (Uuid::now_v7().as_u128() & 0x3ff) as u64 * attempt;
+                    tokio::time::sleep(std::time::Duration::from_micros(jitter)).await;
                     for (id, g) in view.guards.iter_mut() {
                         crate::repo::refresh(self.store.as_ref(), *id, g).await?;
                     }

@@ -7,6 +7,7 @@ mod bad_input;
 mod concurrency;
 mod event_store;
 mod idempotency;
+mod multi_process;
 mod operations;
 mod rules_over_http;
 mod state_machine;
