@@ -72,6 +72,10 @@ fn if_match(headers: &HeaderMap) -> Result<Option<i64>, Problem> {
     let Some(value) = header_text(headers, "if-match")? else {
         return Ok(None);
     };
+    if value.trim() == "*" {
+        // "Any current version": every command but the creating ones needs the aggregate anyway.
+        return Ok(None);
+    }
     let v = value.trim().trim_start_matches("W/").trim_matches('"');
     v.parse::<i64>()
         .ok()
@@ -87,6 +91,47 @@ fn uuid_header(headers: &HeaderMap, name: &str) -> Result<Option<Uuid>, Problem>
             .map(Some)
             .map_err(|_| Problem::invalid(name, format!("{name} must be a UUID"))),
     }
+}
+
+/// Parses a JSON body; a failure names the offending field where there is one.
+fn parse_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let parsed: Result<T, _> = serde_path_to_error::deserialize(&mut de);
+    let value = parsed.map_err(|e| {
+        let inner = e.inner().to_string();
+        let path = e.path().to_string();
+        let named = inner
+            .split_once("unknown field `")
+            .or_else(|| inner.split_once("missing field `"));
+        let field = match named {
+            // Unknown and missing fields are reported on their parent: name the field itself.
+            Some((_, rest)) => {
+                let name = rest.split('`').next().unwrap_or_default();
+                if path == "." {
+                    name.to_owned()
+                } else if path.ends_with(name) {
+                    path
+                } else {
+                    format!("{path}.{name}")
+                }
+            }
+            None => path,
+        };
+        let detail = format!("the JSON body is invalid: {inner}");
+        if field == "." || field.is_empty() || e.inner().is_syntax() || e.inner().is_eof() {
+            Problem::new(400, "invalid_input", detail)
+        } else {
+            Problem::invalid(&field, detail)
+        }
+    })?;
+    de.end().map_err(|e| {
+        Problem::new(
+            400,
+            "invalid_input",
+            format!("the JSON body is invalid: {e}"),
+        )
+    })?;
+    Ok(value)
 }
 
 impl<T: DeserializeOwned> FromRequest<AppState> for CommandRequest<T> {
@@ -134,10 +179,7 @@ impl<T: DeserializeOwned> FromRequest<AppState> for CommandRequest<T> {
                     "send Content-Type: application/json",
                 ));
             }
-            serde_json::from_slice(&bytes).map_err(|e| {
-                let detail = format!("the JSON body is invalid: {e}");
-                Problem::new(400, "invalid_input", detail)
-            })?
+            parse_body(&bytes)?
         };
         let idempotency = idempotency_key(&headers)?.map(|key| {
             let mut h = Sha256::new();

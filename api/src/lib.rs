@@ -67,9 +67,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/wallets/{id}/unfreeze", post(unfreeze))
         .route("/v1/wallets/{id}/close", post(close_wallet))
         .route("/v1/transfers", post(transfer))
-        .layer(axum::middleware::map_response(error::problems_everywhere))
         .route_layer(axum::middleware::from_fn(metrics::track))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(RequestBodyLimitLayer::new(4 * MAX_BODY_BYTES))
+        // Outermost, so that every error answer, the body limit's included, is problem+json.
+        .layer(axum::middleware::map_response(error::problems_everywhere))
         .with_state(state)
 }

@@ -6,6 +6,10 @@ use cqrs_es::{Aggregate, DomainEvent};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+/// The most a wallet may hold, in minor units (10^18: a thousand maximal movements, far
+/// inside `i64`, so sums of balances never overflow either).
+pub const MAX_BALANCE: i64 = 1_000_000_000_000_000_000;
+
 /// The amount above which a withdrawal needs the owner's approved KYC, in major units.
 pub const KYC_FREE_WITHDRAWAL_MAJOR: i64 = 1_000;
 
@@ -218,6 +222,9 @@ pub enum WalletError {
     /// CloseWallet with money left.
     #[error("the wallet still holds money")]
     NotEmpty,
+    /// A credit would take the balance over the most a wallet may hold.
+    #[error("the credit would take the balance over 10^18 minor units")]
+    BalanceLimit,
 }
 
 impl RuleCode for WalletError {
@@ -229,6 +236,7 @@ impl RuleCode for WalletError {
             Self::CurrencyMismatch => "currency_mismatch",
             Self::SameWallet => "same_wallet",
             Self::NotEmpty => "wallet_not_empty",
+            Self::BalanceLimit => "balance_limit",
         }
     }
 }
@@ -259,6 +267,7 @@ impl Wallet {
                 external_ref,
             } => {
                 self.require_credit()?;
+                self.require_room(amount)?;
                 Ok(vec![E::FundsDeposited {
                     amount: amount.get(),
                     external_ref,
@@ -316,6 +325,7 @@ impl Wallet {
                 if self.status != WalletStatus::Active {
                     return Err(WalletError::InvalidState(self.status));
                 }
+                self.require_room(amount)?;
                 Ok(vec![E::TransferReceived {
                     transfer_id,
                     from_wallet,
@@ -351,6 +361,13 @@ impl Wallet {
         match self.status {
             WalletStatus::Active | WalletStatus::Frozen => Ok(()),
             s => Err(WalletError::InvalidState(s)),
+        }
+    }
+
+    fn require_room(&self, amount: Amount) -> Result<(), WalletError> {
+        match self.balance.checked_add(amount.get()) {
+            Some(b) if b <= MAX_BALANCE => Ok(()),
+            _ => Err(WalletError::BalanceLimit),
         }
     }
 
@@ -398,10 +415,11 @@ impl Aggregate for Wallet {
                 self.status = WalletStatus::Active;
             }
             E::FundsDeposited { amount, .. } | E::TransferReceived { amount, .. } => {
-                self.balance += amount;
+                // `decide` keeps balances within MAX_BALANCE; never wrap on stored data.
+                self.balance = self.balance.saturating_add(amount);
             }
             E::FundsWithdrawn { amount, .. } | E::TransferSent { amount, .. } => {
-                self.balance -= amount;
+                self.balance = self.balance.saturating_sub(amount);
             }
             E::WalletFrozen { .. } => self.status = WalletStatus::Frozen,
             E::WalletUnfrozen { .. } => self.status = WalletStatus::Active,

@@ -856,3 +856,27 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_credit_that_would_pass_the_balance_limit_is_refused() {
+    let max = domain::wallet::MAX_BALANCE;
+    let full: Vec<WalletEvent> = std::iter::once(opened())
+        .chain((0..1000).map(|_| deposited(1_000_000_000_000_000)))
+        .collect();
+    TestFramework::<Wallet>::with(())
+        .given(full.clone())
+        .when(deposit(1))
+        .then_expect_error(WalletError::BalanceLimit);
+    let incoming = WalletCommand::ReceiveTransfer {
+        transfer_id: transfer_id(),
+        from_wallet: other_wallet_id(),
+        amount: amount(1),
+        memo: None,
+    };
+    TestFramework::<Wallet>::with(())
+        .given(full)
+        .when(incoming)
+        .then_expect_error(WalletError::BalanceLimit);
+    assert_eq!(WalletError::BalanceLimit.code(), "balance_limit");
+    assert_eq!(max, 1000 * 1_000_000_000_000_000);
+}
