@@ -173,8 +173,19 @@ fn classify(e: sqlx::Error) -> AppendError {
 
 /// One statement for the whole batch: events, claims, snapshots and idempotency records in
 /// data-modifying CTEs, so the batch costs one round trip and one commit.
+///
+/// `chk` counts streams whose expected version is not their last stored version's row (an
+/// expected version ahead of the stream); if there is any, nothing is inserted at all (every
+/// other CTE hangs off `ev`) and the caller sees fewer rows than events: a conflict. A stream
+/// that moved past the expected version clashes on the unique (stream, version) instead.
 const APPEND_SQL: &str = r#"
-WITH ev AS (
+WITH chk AS (
+    SELECT count(*) AS missing
+    FROM UNNEST($30::uuid[], $31::bigint[]) AS f(stream_id, expected)
+    WHERE f.expected > 0
+      AND NOT EXISTS (SELECT 1 FROM events p
+                      WHERE p.stream_id = f.stream_id AND p.stream_version = f.expected)
+), ev AS (
     INSERT INTO events (event_id, stream_type, stream_id, stream_version, event_type,
                         schema_version, payload, actor_sub, actor_role, command_id,
                         correlation_id, causation_id, occurred_at)
@@ -187,6 +198,8 @@ WITH ev AS (
          WITH ORDINALITY AS e(event_id, stream_type, stream_id, stream_version, event_type,
                               schema_version, payload, actor_sub, actor_role, command_id,
                               correlation_id, causation_id, occurred_at, ord)
+    CROSS JOIN chk
+    WHERE chk.missing = 0
     ORDER BY e.ord
     RETURNING stream_id, stream_version, position
 ), cl AS (
@@ -198,7 +211,10 @@ WITH ev AS (
     RETURNING 1
 ), sn AS (
     INSERT INTO snapshots (stream_id, stream_type, version, state)
-    SELECT * FROM UNNEST($18::uuid[], $19::text[], $20::bigint[], $21::jsonb[])
+    SELECT s.stream_id, s.stream_type, s.version, s.state
+    FROM UNNEST($18::uuid[], $19::text[], $20::bigint[], $21::jsonb[])
+         AS s(stream_id, stream_type, version, state)
+    JOIN ev ON ev.stream_id = s.stream_id AND ev.stream_version = s.version
     ON CONFLICT (stream_id) DO UPDATE
         SET version = EXCLUDED.version, state = EXCLUDED.state
         WHERE snapshots.version < EXCLUDED.version
@@ -249,11 +265,17 @@ struct Columns {
     idem_result_version: Vec<i64>,
     idem_last_stream: Vec<Uuid>,
     idem_last_version: Vec<i64>,
+    check_stream: Vec<Uuid>,
+    check_expected: Vec<i64>,
 }
 
 impl Columns {
     fn push(&mut self, r: &AppendRequest) {
         let m = &r.metadata;
+        for s in &r.streams {
+            self.check_stream.push(s.stream_id);
+            self.check_expected.push(s.expected_version);
+        }
         for s in &r.streams {
             for (i, e) in s.events.iter().enumerate() {
                 self.event_id.push(e.event_id);
@@ -304,6 +326,7 @@ async fn insert(
     for r in requests {
         c.push(r);
     }
+    let events = c.event_id.len();
     let rows: Vec<(Uuid, i64, i64)> = sqlx::query_as(APPEND_SQL)
         .bind(c.event_id)
         .bind(c.stream_type)
@@ -334,9 +357,15 @@ async fn insert(
         .bind(c.idem_result_version)
         .bind(c.idem_last_stream)
         .bind(c.idem_last_version)
+        .bind(c.check_stream)
+        .bind(c.check_expected)
         .fetch_all(pool)
         .await
         .map_err(classify)?;
+    if rows.len() != events {
+        // An expected version ahead of its stream: the statement wrote nothing.
+        return Err(AppendError::Conflict);
+    }
     Ok(rows.into_iter().map(|(s, v, p)| ((s, v), p)).collect())
 }
 
