@@ -66,7 +66,7 @@ pub struct OpenAccountBody {
     subject: Option<String>,
 }
 
-#[utoipa::path(post, path = "/v1/accounts", tag = "commands", request_body = OpenAccountBody, params(("Idempotency-Key" = Option<String>, Header, description = "makes the command safe to retry"), ("If-Match" = Option<String>, Header, description = "the version the aggregate must be at, as an ETag")), security(("bearer" = [])), responses((status = 201, description = "OpenAccount", body = CommandAnswer), (status = 400, description = "invalid input", body = Problem, content_type = "application/problem+json"), (status = 401, description = "no or bad credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "not allowed", body = Problem, content_type = "application/problem+json"), (status = 404, description = "unknown id", body = Problem, content_type = "application/problem+json"), (status = 409, description = "conflict or uniqueness clash", body = Problem, content_type = "application/problem+json"), (status = 412, description = "If-Match failed", body = Problem, content_type = "application/problem+json"), (status = 422, description = "business rule", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/v1/accounts", tag = "commands", request_body = OpenAccountBody, params(CommandHeaders), security(("bearer" = [])), responses(CommandResponses))]
 pub(crate) async fn open_account(
     State(s): State<AppState>,
     req: CommandRequest<OpenAccountBody>,
@@ -113,7 +113,7 @@ async fn account_action(s: &AppState, env: &Envelope, id: Uuid, action: AccountA
     )
 }
 
-#[utoipa::path(patch, path = "/v1/accounts/{id}/profile", tag = "commands", request_body = ProfileBody, params(("id" = Uuid, Path, description = "aggregate id"), ("Idempotency-Key" = Option<String>, Header, description = "makes the command safe to retry"), ("If-Match" = Option<String>, Header, description = "the version the aggregate must be at, as an ETag")), security(("bearer" = [])), responses((status = 200, description = "UpdateProfile", body = CommandAnswer), (status = 400, description = "invalid input", body = Problem, content_type = "application/problem+json"), (status = 401, description = "no or bad credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "not allowed", body = Problem, content_type = "application/problem+json"), (status = 404, description = "unknown id", body = Problem, content_type = "application/problem+json"), (status = 409, description = "conflict or uniqueness clash", body = Problem, content_type = "application/problem+json"), (status = 412, description = "If-Match failed", body = Problem, content_type = "application/problem+json"), (status = 422, description = "business rule", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(patch, path = "/v1/accounts/{id}/profile", tag = "commands", request_body = ProfileBody, params(("id" = Uuid, Path, description = "aggregate id"), CommandHeaders), security(("bearer" = [])), responses(CommandResponses))]
 pub(crate) async fn update_profile(
     State(s): State<AppState>,
     Path(id): Path<Uuid>,
@@ -126,7 +126,7 @@ pub(crate) async fn update_profile(
     account_action(&s, &req.env, id, action).await
 }
 
-#[utoipa::path(post, path = "/v1/accounts/{id}/kyc", tag = "commands", request_body = KycBody, params(("id" = Uuid, Path, description = "aggregate id"), ("Idempotency-Key" = Option<String>, Header, description = "makes the command safe to retry"), ("If-Match" = Option<String>, Header, description = "the version the aggregate must be at, as an ETag")), security(("bearer" = [])), responses((status = 200, description = "SubmitKyc", body = CommandAnswer), (status = 400, description = "invalid input", body = Problem, content_type = "application/problem+json"), (status = 401, description = "no or bad credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "not allowed", body = Problem, content_type = "application/problem+json"), (status = 404, description = "unknown id", body = Problem, content_type = "application/problem+json"), (status = 409, description = "conflict or uniqueness clash", body = Problem, content_type = "application/problem+json"), (status = 412, description = "If-Match failed", body = Problem, content_type = "application/problem+json"), (status = 422, description = "business rule", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/v1/accounts/{id}/kyc", tag = "commands", request_body = KycBody, params(("id" = Uuid, Path, description = "aggregate id"), CommandHeaders), security(("bearer" = [])), responses(CommandResponses))]
 pub(crate) async fn submit_kyc(
     State(s): State<AppState>,
     Path(id): Path<Uuid>,
@@ -143,7 +143,7 @@ pub(crate) async fn submit_kyc(
     .await
 }
 
-#[utoipa::path(post, path = "/v1/accounts/{id}/kyc/approve", tag = "commands", params(("id" = Uuid, Path, description = "aggregate id"), ("Idempotency-Key" = Option<String>, Header, description = "makes the command safe to retry"), ("If-Match" = Option<String>, Header, description = "the version the aggregate must be at, as an ETag")), security(("bearer" = [])), responses((status = 200, description = "ApproveKyc (admin)", body = CommandAnswer), (status = 400, description = "invalid input", body = Problem, content_type = "application/problem+json"), (status = 401, description = "no or bad credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "not allowed", body = Problem, content_type = "application/problem+json"), (status = 404, description = "unknown id", body = Problem, content_type = "application/problem+json"), (status = 409, description = "conflict or uniqueness clash", body = Problem, content_type = "application/problem+json"), (status = 412, description = "If-Match failed", body = Problem, content_type = "application/problem+json"), (status = 422, description = "business rule", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/v1/accounts/{id}/kyc/approve", tag = "commands", params(("id" = Uuid, Path, description = "aggregate id"), CommandHeaders), security(("bearer" = [])), responses(CommandResponses))]
 pub(crate) async fn approve_kyc(
     State(s): State<AppState>,
     Path(id): Path<Uuid>,
@@ -152,7 +152,7 @@ pub(crate) async fn approve_kyc(
     account_action(&s, &req.env, id, AccountAction::ApproveKyc).await
 }
 
-#[utoipa::path(post, path = "/v1/accounts/{id}/kyc/reject", tag = "commands", request_body = ReasonBody, params(("id" = Uuid, Path, description = "aggregate id"), ("Idempotency-Key" = Option<String>, Header, description = "makes the command safe to retry"), ("If-Match" = Option<String>, Header, description = "the version the aggregate must be at, as an ETag")), security(("bearer" = [])), responses((status = 200, description = "RejectKyc (admin)", body = CommandAnswer), (status = 400, description = "invalid input", body = Problem, content_type = "application/problem+json"), (status = 401, description = "no or bad credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "not allowed", body = Problem, content_type = "application/problem+json"), (status = 404, description = "unknown id", body = Problem, content_type = "application/problem+json"), (status = 409, description = "conflict or uniqueness clash", body = Problem, content_type = "application/problem+json"), (status = 412, description = "If-Match failed", body = Problem, content_type = "application/problem+json"), (status = 422, description = "business rule", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/v1/accounts/{id}/kyc/reject", tag = "commands", request_body = ReasonBody, params(("id" = Uuid, Path, description = "aggregate id"), CommandHeaders), security(("bearer" = [])), responses(CommandResponses))]
 pub(crate) async fn reject_kyc(
     State(s): State<AppState>,
     Path(id): Path<Uuid>,
@@ -169,7 +169,7 @@ pub(crate) async fn reject_kyc(
     .await
 }
 
-#[utoipa::path(post, path = "/v1/accounts/{id}/suspend", tag = "commands", request_body = ReasonBody, params(("id" = Uuid, Path, description = "aggregate id"), ("Idempotency-Key" = Option<String>, Header, description = "makes the command safe to retry"), ("If-Match" = Option<String>, Header, description = "the version the aggregate must be at, as an ETag")), security(("bearer" = [])), responses((status = 200, description = "SuspendAccount (admin)", body = CommandAnswer), (status = 400, description = "invalid input", body = Problem, content_type = "application/problem+json"), (status = 401, description = "no or bad credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "not allowed", body = Problem, content_type = "application/problem+json"), (status = 404, description = "unknown id", body = Problem, content_type = "application/problem+json"), (status = 409, description = "conflict or uniqueness clash", body = Problem, content_type = "application/problem+json"), (status = 412, description = "If-Match failed", body = Problem, content_type = "application/problem+json"), (status = 422, description = "business rule", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/v1/accounts/{id}/suspend", tag = "commands", request_body = ReasonBody, params(("id" = Uuid, Path, description = "aggregate id"), CommandHeaders), security(("bearer" = [])), responses(CommandResponses))]
 pub(crate) async fn suspend_account(
     State(s): State<AppState>,
     Path(id): Path<Uuid>,
@@ -186,7 +186,7 @@ pub(crate) async fn suspend_account(
     .await
 }
 
-#[utoipa::path(post, path = "/v1/accounts/{id}/reinstate", tag = "commands", params(("id" = Uuid, Path, description = "aggregate id"), ("Idempotency-Key" = Option<String>, Header, description = "makes the command safe to retry"), ("If-Match" = Option<String>, Header, description = "the version the aggregate must be at, as an ETag")), security(("bearer" = [])), responses((status = 200, description = "ReinstateAccount (admin)", body = CommandAnswer), (status = 400, description = "invalid input", body = Problem, content_type = "application/problem+json"), (status = 401, description = "no or bad credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "not allowed", body = Problem, content_type = "application/problem+json"), (status = 404, description = "unknown id", body = Problem, content_type = "application/problem+json"), (status = 409, description = "conflict or uniqueness clash", body = Problem, content_type = "application/problem+json"), (status = 412, description = "If-Match failed", body = Problem, content_type = "application/problem+json"), (status = 422, description = "business rule", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/v1/accounts/{id}/reinstate", tag = "commands", params(("id" = Uuid, Path, description = "aggregate id"), CommandHeaders), security(("bearer" = [])), responses(CommandResponses))]
 pub(crate) async fn reinstate_account(
     State(s): State<AppState>,
     Path(id): Path<Uuid>,
@@ -195,7 +195,7 @@ pub(crate) async fn reinstate_account(
     account_action(&s, &req.env, id, AccountAction::Reinstate).await
 }
 
-#[utoipa::path(post, path = "/v1/accounts/{id}/close", tag = "commands", request_body = ReasonBody, params(("id" = Uuid, Path, description = "aggregate id"), ("Idempotency-Key" = Option<String>, Header, description = "makes the command safe to retry"), ("If-Match" = Option<String>, Header, description = "the version the aggregate must be at, as an ETag")), security(("bearer" = [])), responses((status = 200, description = "CloseAccount", body = CommandAnswer), (status = 400, description = "invalid input", body = Problem, content_type = "application/problem+json"), (status = 401, description = "no or bad credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "not allowed", body = Problem, content_type = "application/problem+json"), (status = 404, description = "unknown id", body = Problem, content_type = "application/problem+json"), (status = 409, description = "conflict or uniqueness clash", body = Problem, content_type = "application/problem+json"), (status = 412, description = "If-Match failed", body = Problem, content_type = "application/problem+json"), (status = 422, description = "business rule", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/v1/accounts/{id}/close", tag = "commands", request_body = ReasonBody, params(("id" = Uuid, Path, description = "aggregate id"), CommandHeaders), security(("bearer" = [])), responses(CommandResponses))]
 pub(crate) async fn close_account(
     State(s): State<AppState>,
     Path(id): Path<Uuid>,
@@ -212,7 +212,7 @@ pub(crate) async fn close_account(
     .await
 }
 
-#[utoipa::path(delete, path = "/v1/accounts/{id}/personal-data", tag = "commands", params(("id" = Uuid, Path, description = "aggregate id"), ("Idempotency-Key" = Option<String>, Header, description = "makes the command safe to retry"), ("If-Match" = Option<String>, Header, description = "the version the aggregate must be at, as an ETag")), security(("bearer" = [])), responses((status = 200, description = "ErasePersonalData (admin)", body = CommandAnswer), (status = 400, description = "invalid input", body = Problem, content_type = "application/problem+json"), (status = 401, description = "no or bad credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "not allowed", body = Problem, content_type = "application/problem+json"), (status = 404, description = "unknown id", body = Problem, content_type = "application/problem+json"), (status = 409, description = "conflict or uniqueness clash", body = Problem, content_type = "application/problem+json"), (status = 412, description = "If-Match failed", body = Problem, content_type = "application/problem+json"), (status = 422, description = "business rule", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(delete, path = "/v1/accounts/{id}/personal-data", tag = "commands", params(("id" = Uuid, Path, description = "aggregate id"), CommandHeaders), security(("bearer" = [])), responses(CommandResponses))]
 pub(crate) async fn erase_personal_data(
     State(s): State<AppState>,
     Path(id): Path<Uuid>,
@@ -260,7 +260,7 @@ pub struct OpenWalletBody {
     owner: Option<Uuid>,
 }
 
-#[utoipa::path(post, path = "/v1/wallets", tag = "commands", request_body = OpenWalletBody, params(("Idempotency-Key" = Option<String>, Header, description = "makes the command safe to retry"), ("If-Match" = Option<String>, Header, description = "the version the aggregate must be at, as an ETag")), security(("bearer" = [])), responses((status = 201, description = "OpenWallet", body = CommandAnswer), (status = 400, description = "invalid input", body = Problem, content_type = "application/problem+json"), (status = 401, description = "no or bad credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "not allowed", body = Problem, content_type = "application/problem+json"), (status = 404, description = "unknown id", body = Problem, content_type = "application/problem+json"), (status = 409, description = "conflict or uniqueness clash", body = Problem, content_type = "application/problem+json"), (status = 412, description = "If-Match failed", body = Problem, content_type = "application/problem+json"), (status = 422, description = "business rule", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/v1/wallets", tag = "commands", request_body = OpenWalletBody, params(CommandHeaders), security(("bearer" = [])), responses(CommandResponses))]
 pub(crate) async fn open_wallet(
     State(s): State<AppState>,
     req: CommandRequest<OpenWalletBody>,
@@ -290,7 +290,7 @@ async fn wallet_action(s: &AppState, env: &Envelope, id: Uuid, action: WalletAct
     )
 }
 
-#[utoipa::path(post, path = "/v1/wallets/{id}/deposits", tag = "commands", request_body = MoneyBody, params(("id" = Uuid, Path, description = "aggregate id"), ("Idempotency-Key" = Option<String>, Header, description = "makes the command safe to retry"), ("If-Match" = Option<String>, Header, description = "the version the aggregate must be at, as an ETag")), security(("bearer" = [])), responses((status = 200, description = "Deposit (payments or admin)", body = CommandAnswer), (status = 400, description = "invalid input", body = Problem, content_type = "application/problem+json"), (status = 401, description = "no or bad credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "not allowed", body = Problem, content_type = "application/problem+json"), (status = 404, description = "unknown id", body = Problem, content_type = "application/problem+json"), (status = 409, description = "conflict or uniqueness clash", body = Problem, content_type = "application/problem+json"), (status = 412, description = "If-Match failed", body = Problem, content_type = "application/problem+json"), (status = 422, description = "business rule", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/v1/wallets/{id}/deposits", tag = "commands", request_body = MoneyBody, params(("id" = Uuid, Path, description = "aggregate id"), CommandHeaders), security(("bearer" = [])), responses(CommandResponses))]
 pub(crate) async fn deposit(
     State(s): State<AppState>,
     Path(id): Path<Uuid>,
@@ -303,7 +303,7 @@ pub(crate) async fn deposit(
     wallet_action(&s, &req.env, id, action).await
 }
 
-#[utoipa::path(post, path = "/v1/wallets/{id}/withdrawals", tag = "commands", request_body = MoneyBody, params(("id" = Uuid, Path, description = "aggregate id"), ("Idempotency-Key" = Option<String>, Header, description = "makes the command safe to retry"), ("If-Match" = Option<String>, Header, description = "the version the aggregate must be at, as an ETag")), security(("bearer" = [])), responses((status = 200, description = "Withdraw", body = CommandAnswer), (status = 400, description = "invalid input", body = Problem, content_type = "application/problem+json"), (status = 401, description = "no or bad credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "not allowed", body = Problem, content_type = "application/problem+json"), (status = 404, description = "unknown id", body = Problem, content_type = "application/problem+json"), (status = 409, description = "conflict or uniqueness clash", body = Problem, content_type = "application/problem+json"), (status = 412, description = "If-Match failed", body = Problem, content_type = "application/problem+json"), (status = 422, description = "business rule", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/v1/wallets/{id}/withdrawals", tag = "commands", request_body = MoneyBody, params(("id" = Uuid, Path, description = "aggregate id"), CommandHeaders), security(("bearer" = [])), responses(CommandResponses))]
 pub(crate) async fn withdraw(
     State(s): State<AppState>,
     Path(id): Path<Uuid>,
@@ -316,7 +316,7 @@ pub(crate) async fn withdraw(
     wallet_action(&s, &req.env, id, action).await
 }
 
-#[utoipa::path(post, path = "/v1/wallets/{id}/freeze", tag = "commands", request_body = ReasonBody, params(("id" = Uuid, Path, description = "aggregate id"), ("Idempotency-Key" = Option<String>, Header, description = "makes the command safe to retry"), ("If-Match" = Option<String>, Header, description = "the version the aggregate must be at, as an ETag")), security(("bearer" = [])), responses((status = 200, description = "Freeze (admin)", body = CommandAnswer), (status = 400, description = "invalid input", body = Problem, content_type = "application/problem+json"), (status = 401, description = "no or bad credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "not allowed", body = Problem, content_type = "application/problem+json"), (status = 404, description = "unknown id", body = Problem, content_type = "application/problem+json"), (status = 409, description = "conflict or uniqueness clash", body = Problem, content_type = "application/problem+json"), (status = 412, description = "If-Match failed", body = Problem, content_type = "application/problem+json"), (status = 422, description = "business rule", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/v1/wallets/{id}/freeze", tag = "commands", request_body = ReasonBody, params(("id" = Uuid, Path, description = "aggregate id"), CommandHeaders), security(("bearer" = [])), responses(CommandResponses))]
 pub(crate) async fn freeze(
     State(s): State<AppState>,
     Path(id): Path<Uuid>,
@@ -333,7 +333,7 @@ pub(crate) async fn freeze(
     .await
 }
 
-#[utoipa::path(post, path = "/v1/wallets/{id}/unfreeze", tag = "commands", request_body = ReasonBody, params(("id" = Uuid, Path, description = "aggregate id"), ("Idempotency-Key" = Option<String>, Header, description = "makes the command safe to retry"), ("If-Match" = Option<String>, Header, description = "the version the aggregate must be at, as an ETag")), security(("bearer" = [])), responses((status = 200, description = "Unfreeze (admin)", body = CommandAnswer), (status = 400, description = "invalid input", body = Problem, content_type = "application/problem+json"), (status = 401, description = "no or bad credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "not allowed", body = Problem, content_type = "application/problem+json"), (status = 404, description = "unknown id", body = Problem, content_type = "application/problem+json"), (status = 409, description = "conflict or uniqueness clash", body = Problem, content_type = "application/problem+json"), (status = 412, description = "If-Match failed", body = Problem, content_type = "application/problem+json"), (status = 422, description = "business rule", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/v1/wallets/{id}/unfreeze", tag = "commands", request_body = ReasonBody, params(("id" = Uuid, Path, description = "aggregate id"), CommandHeaders), security(("bearer" = [])), responses(CommandResponses))]
 pub(crate) async fn unfreeze(
     State(s): State<AppState>,
     Path(id): Path<Uuid>,
@@ -350,7 +350,7 @@ pub(crate) async fn unfreeze(
     .await
 }
 
-#[utoipa::path(post, path = "/v1/wallets/{id}/close", tag = "commands", params(("id" = Uuid, Path, description = "aggregate id"), ("Idempotency-Key" = Option<String>, Header, description = "makes the command safe to retry"), ("If-Match" = Option<String>, Header, description = "the version the aggregate must be at, as an ETag")), security(("bearer" = [])), responses((status = 200, description = "CloseWallet", body = CommandAnswer), (status = 400, description = "invalid input", body = Problem, content_type = "application/problem+json"), (status = 401, description = "no or bad credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "not allowed", body = Problem, content_type = "application/problem+json"), (status = 404, description = "unknown id", body = Problem, content_type = "application/problem+json"), (status = 409, description = "conflict or uniqueness clash", body = Problem, content_type = "application/problem+json"), (status = 412, description = "If-Match failed", body = Problem, content_type = "application/problem+json"), (status = 422, description = "business rule", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/v1/wallets/{id}/close", tag = "commands", params(("id" = Uuid, Path, description = "aggregate id"), CommandHeaders), security(("bearer" = [])), responses(CommandResponses))]
 pub(crate) async fn close_wallet(
     State(s): State<AppState>,
     Path(id): Path<Uuid>,
@@ -409,7 +409,7 @@ pub struct TransferBody {
     memo: Option<String>,
 }
 
-#[utoipa::path(post, path = "/v1/transfers", tag = "commands", request_body = TransferBody, params(("Idempotency-Key" = Option<String>, Header, description = "makes the command safe to retry"), ("If-Match" = Option<String>, Header, description = "the version the aggregate must be at, as an ETag")), security(("bearer" = [])), responses((status = 201, description = "Transfer", body = CommandAnswer), (status = 400, description = "invalid input", body = Problem, content_type = "application/problem+json"), (status = 401, description = "no or bad credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "not allowed", body = Problem, content_type = "application/problem+json"), (status = 404, description = "unknown id", body = Problem, content_type = "application/problem+json"), (status = 409, description = "conflict or uniqueness clash", body = Problem, content_type = "application/problem+json"), (status = 412, description = "If-Match failed", body = Problem, content_type = "application/problem+json"), (status = 422, description = "business rule", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/v1/transfers", tag = "commands", request_body = TransferBody, params(CommandHeaders), security(("bearer" = [])), responses(CommandResponses))]
 pub(crate) async fn transfer(
     State(s): State<AppState>,
     req: CommandRequest<TransferBody>,
@@ -457,6 +457,95 @@ pub(crate) async fn ready(State(s): State<AppState>) -> Response {
             Problem::new(503, "not_ready", "the database is not reachable").into_response()
         }
     }
+}
+
+/// The headers every command accepts.
+#[derive(Debug, utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)]
+pub struct CommandHeaders {
+    /// Makes the command safe to retry: a repeat with the same key and body gets the first
+    /// answer; the same key with another body is 422 `idempotency_key_reused`.
+    #[param(rename = "Idempotency-Key")]
+    idempotency_key: Option<String>,
+    /// The version (ETag) the aggregate must be at, or 412.
+    #[param(rename = "If-Match")]
+    if_match: Option<String>,
+}
+
+/// What a command answers.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+pub enum CommandResponses {
+    /// Done.
+    #[response(status = 200, description = "done: id, version and position")]
+    Done(CommandAnswer),
+    /// Created.
+    #[response(status = 201, description = "created: id, version and position")]
+    Created(CommandAnswer),
+    /// 400.
+    #[response(
+        status = 400,
+        description = "invalid input (with the field)",
+        content_type = "application/problem+json"
+    )]
+    Invalid(Problem),
+    /// 401.
+    #[response(
+        status = 401,
+        description = "no or bad credentials",
+        content_type = "application/problem+json"
+    )]
+    Unauthorized(Problem),
+    /// 403.
+    #[response(
+        status = 403,
+        description = "not allowed for this subject",
+        content_type = "application/problem+json"
+    )]
+    Forbidden(Problem),
+    /// 404.
+    #[response(
+        status = 404,
+        description = "unknown id",
+        content_type = "application/problem+json"
+    )]
+    NotFound(Problem),
+    /// 409.
+    #[response(
+        status = 409,
+        description = "concurrency conflict or uniqueness clash",
+        content_type = "application/problem+json"
+    )]
+    Conflict(Problem),
+    /// 412.
+    #[response(
+        status = 412,
+        description = "If-Match failed",
+        content_type = "application/problem+json"
+    )]
+    PreconditionFailed(Problem),
+    /// 413.
+    #[response(
+        status = 413,
+        description = "body over 64 KiB",
+        content_type = "application/problem+json"
+    )]
+    TooLarge(Problem),
+    /// 415.
+    #[response(
+        status = 415,
+        description = "not application/json",
+        content_type = "application/problem+json"
+    )]
+    UnsupportedMediaType(Problem),
+    /// 422.
+    #[response(
+        status = 422,
+        description = "business rule (code names it)",
+        content_type = "application/problem+json"
+    )]
+    Rule(Problem),
 }
 
 /// A command's answer.

@@ -38,6 +38,15 @@ async fn the_openapi_document_lists_every_route_in_version_3_1() {
         assert!(doc.body["paths"][path][method].is_object(), "{method} {path} is not described");
     }
     assert!(doc.body["components"]["securitySchemes"]["bearer"].is_object());
+    let deposit = &doc.body["paths"]["/v1/wallets/{id}/deposits"]["post"];
+    let params: Vec<&str> = deposit["parameters"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|p| p["name"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(params, ["id", "Idempotency-Key", "If-Match"], "{deposit}");
+    for status in ["200", "400", "401", "403", "404", "409", "412", "413", "415", "422"] {
+        assert!(deposit["responses"][status].is_object(), "no {status} for deposits: {deposit}");
+    }
     let docs = app.send(Method::GET, "/docs", None, None, &[]).await;
     assert_eq!(docs.status, StatusCode::OK);
 }
