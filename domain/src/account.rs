@@ -346,9 +346,8 @@ impl Aggregate for Account {
         _services: &Self::Services,
         sink: &cqrs_es::event_sink::EventSink<Self>,
     ) -> Result<(), Self::Error> {
-        for event in self.decide(command)? {
-            sink.write(event, self).await;
-        }
+        let events = self.decide(command)?;
+        crate::emit(self, events, sink).await;
         Ok(())
     }
 

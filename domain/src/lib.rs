@@ -16,3 +16,14 @@ pub trait RuleCode {
     /// The stable machine-readable code (`insufficient_funds`, `invalid_state`, ...).
     fn code(&self) -> &'static str;
 }
+
+/// Writes decided events to cqrs-es's sink, which applies each to the aggregate exactly once.
+pub(crate) async fn emit<A: cqrs_es::Aggregate>(
+    aggregate: &mut A,
+    events: Vec<A::Event>,
+    sink: &cqrs_es::event_sink::EventSink<A>,
+) {
+    for event in events {
+        sink.write(event, aggregate).await;
+    }
+}
