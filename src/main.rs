@@ -2,6 +2,7 @@
 
 use anyhow::Context;
 use api::{AppState, AuthConfig};
+use axum::serve::ListenerExt;
 use clap::{Parser, Subcommand, ValueEnum};
 use commands::pg::PgEventStore;
 use commands::{CommandService, Role, ServiceConfig, SystemClock};
@@ -222,6 +223,13 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("cannot listen on {listen}"))?;
             tracing::info!(address = %listener.local_addr()?, "chronicle is serving");
+            // Answers are small and written in pieces: without TCP_NODELAY, Nagle's algorithm
+            // meets the client's delayed ACK and adds tens of milliseconds to each request.
+            let listener = listener.tap_io(|tcp| {
+                if let Err(error) = tcp.set_nodelay(true) {
+                    tracing::warn!(%error, "cannot set TCP_NODELAY");
+                }
+            });
             axum::serve(listener, api::router(state))
                 .with_graceful_shutdown(shutdown_signal())
                 .await?;

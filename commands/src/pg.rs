@@ -180,11 +180,14 @@ fn classify(e: sqlx::Error) -> AppendError {
 /// that moved past the expected version clashes on the unique (stream, version) instead.
 const APPEND_SQL: &str = r#"
 WITH chk AS (
-    SELECT count(*) AS missing
+    -- A scalar subquery per stream (not NOT EXISTS, which the planner may turn into a hash
+    -- anti-join over the whole table when statistics are missing): one index probe each.
+    SELECT count(*) FILTER (
+               WHERE f.expected > 0
+                 AND (SELECT p.position FROM events p
+                      WHERE p.stream_id = f.stream_id AND p.stream_version = f.expected) IS NULL
+           ) AS missing
     FROM UNNEST($30::uuid[], $31::bigint[]) AS f(stream_id, expected)
-    WHERE f.expected > 0
-      AND NOT EXISTS (SELECT 1 FROM events p
-                      WHERE p.stream_id = f.stream_id AND p.stream_version = f.expected)
 ), ev AS (
     INSERT INTO events (event_id, stream_type, stream_id, stream_version, event_type,
                         schema_version, payload, actor_sub, actor_role, command_id,

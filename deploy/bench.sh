@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Chronicle's benchmark command (not a test).
+#
+#   deploy/bench.sh [deposits|long-stream|all] [--duration 30] [--concurrency 32] [...]
+#   deploy/bench.sh --help
+#
+# Builds the release binaries, then runs target/release/chronicle-bench, which creates a fresh
+# database chronicle_bench_<random> on BENCH_DATABASE_URL (default
+# postgres://postgres@127.0.0.1:5432/postgres), runs `chronicle serve` against it as a child
+# process, measures, prints a table, and stops the child and drops the database at the end.
+# Results and how to read them: docs/benchmarks.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. deploy/lib.sh
+ensure_cargo
+if [ -z "${BENCH_DATABASE_URL:-}" ]; then
+  # The default points at the local PostgreSQL: start (or install) it if it is not there.
+  ensure_postgres
+fi
+cargo build --release -p chronicle -p chronicle-bench
+exec target/release/chronicle-bench "$@"
