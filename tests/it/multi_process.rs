@@ -11,12 +11,19 @@ use rand::{Rng, SeedableRng};
 use std::sync::Arc;
 
 fn env(subject: &str, role: Role) -> Envelope {
-    Envelope::new(Actor { subject: subject.to_owned(), roles: vec![role] })
+    Envelope::new(Actor {
+        subject: subject.to_owned(),
+        roles: vec![role],
+    })
 }
 
 fn service(db: &TestDb) -> Arc<CommandService> {
     let store = PgEventStore::new(db.pool.clone(), 2);
-    Arc::new(CommandService::new(store, Arc::new(SystemClock), ServiceConfig::default()))
+    Arc::new(CommandService::new(
+        store,
+        Arc::new(SystemClock),
+        ServiceConfig::default(),
+    ))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -35,10 +42,21 @@ async fn two_processes_racing_on_the_same_wallets_conserve_money() {
             birth_date: None,
             country: None,
         };
-        a.open_account(&env(&sub, Role::Customer), open).await.expect("open account");
-        let w = a.open_wallet(&env(&sub, Role::Customer), "EUR", None).await.expect("open wallet").id;
-        let deposit = WalletAction::Deposit { amount: initial, external_ref: format!("seed-{i}") };
-        a.wallet_command(&env("psp", Role::Payments), w, deposit).await.expect("deposit");
+        a.open_account(&env(&sub, Role::Customer), open)
+            .await
+            .expect("open account");
+        let w = a
+            .open_wallet(&env(&sub, Role::Customer), "EUR", None)
+            .await
+            .expect("open wallet")
+            .id;
+        let deposit = WalletAction::Deposit {
+            amount: initial,
+            external_ref: format!("seed-{i}"),
+        };
+        a.wallet_command(&env("psp", Role::Payments), w, deposit)
+            .await
+            .expect("deposit");
         ids.push(w);
     }
     // Both processes transfer among the same few wallets at once; process b starts with a cold
@@ -53,8 +71,16 @@ async fn two_processes_racing_on_the_same_wallets_conserve_money() {
             for _ in 0..60 {
                 let from = rng.gen_range(0..ids.len());
                 let to = (from + rng.gen_range(1..ids.len())) % ids.len();
-                let transfer = Transfer { from_wallet: ids[from], to_wallet: ids[to], amount: rng.gen_range(1..5_000), memo: None };
-                match svc.transfer(&env(&format!("racer-{from}"), Role::Customer), transfer).await {
+                let transfer = Transfer {
+                    from_wallet: ids[from],
+                    to_wallet: ids[to],
+                    amount: rng.gen_range(1..5_000),
+                    memo: None,
+                };
+                match svc
+                    .transfer(&env(&format!("racer-{from}"), Role::Customer), transfer)
+                    .await
+                {
                     Ok(_) => ok += 1,
                     Err(CommandError::Conflict) => conflicts += 1,
                     Err(CommandError::Refused(r)) if r.code == "insufficient_funds" => {}
@@ -73,11 +99,15 @@ async fn two_processes_racing_on_the_same_wallets_conserve_money() {
     println!("transfers committed: {ok}, gave up after retries: {conflicts}");
     assert!(ok > 0);
 
-    let sent: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE event_type = 'TransferSent'")
-        .fetch_one(&db.pool)
-        .await
-        .expect("count");
-    assert_eq!(sent, ok, "every committed transfer has exactly one debit event");
+    let sent: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE event_type = 'TransferSent'")
+            .fetch_one(&db.pool)
+            .await
+            .expect("count");
+    assert_eq!(
+        sent, ok,
+        "every committed transfer has exactly one debit event"
+    );
 
     let mut total = 0;
     for w in &ids {

@@ -31,11 +31,22 @@ const COMMAND_ROUTES: &[(&str, &str)] = &[
 #[tokio::test]
 async fn the_openapi_document_lists_every_route_in_version_3_1() {
     let app = TestApp::new().await;
-    let doc = app.send(Method::GET, "/openapi.json", None, None, &[]).await;
+    let doc = app
+        .send(Method::GET, "/openapi.json", None, None, &[])
+        .await;
     assert_eq!(doc.status, StatusCode::OK);
-    assert!(doc.body["openapi"].as_str().is_some_and(|v| v.starts_with("3.1")), "{}", doc.body["openapi"]);
+    assert!(
+        doc.body["openapi"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("3.1")),
+        "{}",
+        doc.body["openapi"]
+    );
     for (method, path) in COMMAND_ROUTES {
-        assert!(doc.body["paths"][path][method].is_object(), "{method} {path} is not described");
+        assert!(
+            doc.body["paths"][path][method].is_object(),
+            "{method} {path} is not described"
+        );
     }
     assert!(doc.body["components"]["securitySchemes"]["bearer"].is_object());
     let deposit = &doc.body["paths"]["/v1/wallets/{id}/deposits"]["post"];
@@ -44,8 +55,13 @@ async fn the_openapi_document_lists_every_route_in_version_3_1() {
         .map(|a| a.iter().filter_map(|p| p["name"].as_str()).collect())
         .unwrap_or_default();
     assert_eq!(params, ["id", "Idempotency-Key", "If-Match"], "{deposit}");
-    for status in ["200", "400", "401", "403", "404", "409", "412", "413", "415", "422"] {
-        assert!(deposit["responses"][status].is_object(), "no {status} for deposits: {deposit}");
+    for status in [
+        "200", "400", "401", "403", "404", "409", "412", "413", "415", "422",
+    ] {
+        assert!(
+            deposit["responses"][status].is_object(),
+            "no {status} for deposits: {deposit}"
+        );
     }
     let docs = app.send(Method::GET, "/docs", None, None, &[]).await;
     assert_eq!(docs.status, StatusCode::OK);
@@ -57,29 +73,53 @@ async fn metrics_count_requests_by_route_and_status() {
     let (_, token) = app.customer("metrics-user").await;
     let wallet = app.wallet(&token, "EUR").await;
     let _ = app.get(&format!("/v1/wallets/{wallet}"), &token).await;
-    let req = Request::builder().method(Method::GET).uri("/metrics").body(Body::empty()).expect("request");
+    let req = Request::builder()
+        .method(Method::GET)
+        .uri("/metrics")
+        .body(Body::empty())
+        .expect("request");
     let response = app.router.clone().oneshot(req).await.expect("answer");
     assert_eq!(response.status(), StatusCode::OK);
-    let text = String::from_utf8(response.into_body().collect().await.expect("body").to_bytes().to_vec()).expect("utf-8");
+    let text = String::from_utf8(
+        response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes()
+            .to_vec(),
+    )
+    .expect("utf-8");
     assert!(
-        text.lines().any(|l| l.starts_with("chronicle_http_requests_total")
-            && l.contains("route=\"/v1/wallets/{id}\"")
-            && l.contains("status=\"200\"")),
+        text.lines()
+            .any(|l| l.starts_with("chronicle_http_requests_total")
+                && l.contains("route=\"/v1/wallets/{id}\"")
+                && l.contains("status=\"200\"")),
         "no request counter for GET /v1/wallets/{{id}} in:\n{text}"
     );
-    assert!(text.contains("chronicle_append_batch_requests"), "no batch-size histogram in:\n{text}");
-    assert!(text.contains("chronicle_log_horizon_age_seconds"), "no horizon age in:\n{text}");
+    assert!(
+        text.contains("chronicle_append_batch_requests"),
+        "no batch-size histogram in:\n{text}"
+    );
+    assert!(
+        text.contains("chronicle_log_horizon_age_seconds"),
+        "no horizon age in:\n{text}"
+    );
     let _ = Role::Customer;
 }
 
 #[tokio::test]
 async fn unknown_routes_and_methods_answer_problem_json() {
     let app = TestApp::new().await;
-    let a = app.send(Method::GET, "/v1/nothing-here", None, None, &[]).await;
+    let a = app
+        .send(Method::GET, "/v1/nothing-here", None, None, &[])
+        .await;
     assert_eq!(a.status, StatusCode::NOT_FOUND);
     assert_eq!(a.headers["content-type"], "application/problem+json");
     assert_eq!(a.body["code"], "not_found");
-    let b = app.send(Method::PUT, "/v1/transfers", None, None, &[]).await;
+    let b = app
+        .send(Method::PUT, "/v1/transfers", None, None, &[])
+        .await;
     assert_eq!(b.status, StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(b.headers["content-type"], "application/problem+json");
 }

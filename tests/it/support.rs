@@ -50,11 +50,18 @@ impl TestDb {
     /// Creates and migrates a fresh database with a pool of `size` connections.
     pub async fn with_pool_size(size: u32) -> Self {
         let name = format!("chronicle_test_{}", Uuid::now_v7().simple());
-        let admin = commands::db::connect(&admin_url(), 1).await.expect("connect to PostgreSQL");
-        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&admin).await.expect("create test database");
+        let admin = commands::db::connect(&admin_url(), 1)
+            .await
+            .expect("connect to PostgreSQL");
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&admin)
+            .await
+            .expect("create test database");
         admin.close().await;
         let url = url_for(&name);
-        let pool = commands::db::connect(&url, size).await.expect("connect to the test database");
+        let pool = commands::db::connect(&url, size)
+            .await
+            .expect("connect to the test database");
         commands::db::migrate(&pool).await.expect("migrate");
         Self { pool, name, url }
     }
@@ -64,10 +71,17 @@ impl Drop for TestDb {
     fn drop(&mut self) {
         let name = self.name.clone();
         let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
             rt.block_on(async move {
                 if let Ok(admin) = commands::db::connect(&admin_url(), 1).await {
-                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&admin).await;
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .execute(&admin)
+                        .await;
                     admin.close().await;
                 }
             });
@@ -101,7 +115,10 @@ pub struct Answer {
 impl Answer {
     /// The `id` field of a command answer.
     pub fn id(&self) -> Uuid {
-        self.body["id"].as_str().and_then(|s| Uuid::parse_str(s).ok()).expect("an id in the answer")
+        self.body["id"]
+            .as_str()
+            .and_then(|s| Uuid::parse_str(s).ok())
+            .expect("an id in the answer")
     }
 }
 
@@ -117,9 +134,18 @@ impl TestApp {
         let store = PgEventStore::new(db.pool.clone(), 2);
         let service = CommandService::new(store, Arc::new(SystemClock), config);
         let auth = AuthConfig::hs256(SECRET, None, None);
-        let state = AppState { service: Arc::new(service), auth: Arc::new(auth.clone()), pool: db.pool.clone() };
+        let state = AppState {
+            service: Arc::new(service),
+            auth: Arc::new(auth.clone()),
+            pool: db.pool.clone(),
+        };
         let router = api::router(state.clone());
-        Self { db, router, state, auth }
+        Self {
+            db,
+            router,
+            state,
+            auth,
+        }
     }
 
     /// A valid token for `sub` with `roles`.
@@ -155,17 +181,32 @@ impl TestApp {
 
     /// Sends a prepared request.
     pub async fn raw(&self, req: Request<Body>) -> Answer {
-        let response = self.router.clone().oneshot(req).await.expect("the router answers");
+        let response = self
+            .router
+            .clone()
+            .oneshot(req)
+            .await
+            .expect("the router answers");
         let status = response.status();
         let headers = response.headers().clone();
-        let bytes = response.into_body().collect().await.expect("a body").to_bytes();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .expect("a body")
+            .to_bytes();
         let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        Answer { status, headers, body }
+        Answer {
+            status,
+            headers,
+            body,
+        }
     }
 
     /// POST with a JSON body.
     pub async fn post(&self, path: &str, token: &str, body: Value) -> Answer {
-        self.send(Method::POST, path, Some(token), Some(body), &[]).await
+        self.send(Method::POST, path, Some(token), Some(body), &[])
+            .await
     }
 
     /// GET.
@@ -177,7 +218,11 @@ impl TestApp {
     pub async fn customer(&self, sub: &str) -> (Uuid, String) {
         let token = self.token(sub, &[Role::Customer]);
         let a = self
-            .post("/v1/accounts", &token, serde_json::json!({"email": format!("{sub}@example.com"), "display_name": sub}))
+            .post(
+                "/v1/accounts",
+                &token,
+                serde_json::json!({"email": format!("{sub}@example.com"), "display_name": sub}),
+            )
             .await;
         assert_eq!(a.status, StatusCode::CREATED, "open account: {:?}", a.body);
         (a.id(), token)
@@ -185,7 +230,13 @@ impl TestApp {
 
     /// Opens a wallet in `currency` with the owner's token.
     pub async fn wallet(&self, token: &str, currency: &str) -> Uuid {
-        let a = self.post("/v1/wallets", token, serde_json::json!({"currency": currency})).await;
+        let a = self
+            .post(
+                "/v1/wallets",
+                token,
+                serde_json::json!({"currency": currency}),
+            )
+            .await;
         assert_eq!(a.status, StatusCode::CREATED, "open wallet: {:?}", a.body);
         a.id()
     }
@@ -194,8 +245,12 @@ impl TestApp {
     pub async fn deposit(&self, wallet: Uuid, amount: i64) -> Answer {
         let psp = self.token("psp", &[Role::Payments]);
         let r = format!("dep-{}", Uuid::now_v7());
-        self.post(&format!("/v1/wallets/{wallet}/deposits"), &psp, serde_json::json!({"amount": amount, "external_ref": r}))
-            .await
+        self.post(
+            &format!("/v1/wallets/{wallet}/deposits"),
+            &psp,
+            serde_json::json!({"amount": amount, "external_ref": r}),
+        )
+        .await
     }
 
     /// The wallet as GET returns it (as admin).
@@ -208,6 +263,9 @@ impl TestApp {
 
     /// How many events the log holds.
     pub async fn event_count(&self) -> i64 {
-        sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(&self.db.pool).await.expect("count events")
+        sqlx::query_scalar("SELECT count(*) FROM events")
+            .fetch_one(&self.db.pool)
+            .await
+            .expect("count events")
     }
 }
