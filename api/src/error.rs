@@ -92,6 +92,10 @@ impl From<CommandError> for Problem {
                 tracing::error!(error = %e, "command failed in the store");
                 Problem::new(503, "unavailable", "the service could not complete the command; retry with the same Idempotency-Key")
             }
+            CommandError::Internal(e) => {
+                tracing::error!(error = %e, "command layer defect");
+                Problem::new(500, "internal", "the command could not be handled")
+            }
             CommandError::Load(e) => {
                 tracing::error!(error = %e, "stored events could not be replayed");
                 Problem::new(500, "internal", "the aggregate could not be loaded")

@@ -1,10 +1,8 @@
 //! Account use cases: who may do what, and the facts each command needs.
 
 use crate::repo::Loaded;
-use crate::service::{
-    ClaimSpec, CommandError, CommandResult, CommandService, Envelope, OnTaken, Plan, Refusal, Role,
-    Target,
-};
+use crate::service::{CommandError, CommandResult, CommandService, Envelope, Refusal, Role};
+use crate::unit::{change, ClaimSpec, Decision, Locks, OnTaken, Unit};
 use chrono::NaiveDate;
 use domain::account::{Account, AccountCommand, AccountStatus, Obligations, Preferences};
 use domain::values::{bounded_text, country, email};
@@ -158,32 +156,34 @@ impl CommandService {
             birth_date: input.birth_date,
             country,
         };
-        let plan = Plan {
-            result_id: None,
-            created: true,
+        let claims = vec![
+            ClaimSpec {
+                scope: SUBJECT_SCOPE,
+                key: subject.clone(),
+                stream: id,
+                on_taken: OnTaken::Refuse(account_exists),
+            },
+            ClaimSpec {
+                scope: EMAIL_SCOPE,
+                key: email_key(&email),
+                stream: id,
+                on_taken: OnTaken::Refuse(email_taken),
+            },
+        ];
+        let unit = Unit {
             role,
-            claims: vec![
-                ClaimSpec {
-                    scope: SUBJECT_SCOPE,
-                    key: subject.clone(),
-                    stream: id,
-                    on_taken: OnTaken::Refuse(account_exists),
-                },
-                ClaimSpec {
-                    scope: EMAIL_SCOPE,
-                    key: email_key(&email),
-                    stream: id,
-                    on_taken: OnTaken::Refuse(email_taken),
-                },
-            ],
-            new_streams: true,
+            primary: id,
+            created: true,
         };
-        let target = Target {
-            id,
-            decide: Box::new(move |_| Ok(command.clone())),
-        };
+        let locks = Locks::default().new_aggregate::<Account>(id);
         let result = self
-            .execute(&self.accounts, env, vec![target], plan)
+            .run_unit(env, unit, locks, |_| {
+                Ok(Decision {
+                    changes: vec![change::<Account>(id, command.clone())],
+                    claims: claims.clone(),
+                    result_id: None,
+                })
+            })
             .await?;
         self.remember_subject(&subject, id);
         Ok(result)
@@ -269,23 +269,17 @@ impl CommandService {
                 )
             }
         };
-        let plan = Plan {
-            result_id: None,
-            created: false,
+        let unit = Unit {
             role,
-            claims: vec![],
-            new_streams: false,
+            primary: id,
+            created: false,
         };
-        let target = Target {
-            id,
-            decide: Box::new(move |view| {
-                if view.get(id).version == 0 {
-                    return Err(Refusal::not_found("account").into());
-                }
-                Ok(command.clone())
-            }),
-        };
-        self.execute(&self.accounts, env, vec![target], plan).await
+        let locks = Locks::default().existing::<Account>(id);
+        self.run_unit(env, unit, locks, |locked| {
+            locked.existing::<Account>(id, "account")?;
+            Ok(Decision::of(vec![change::<Account>(id, command.clone())]))
+        })
+        .await
     }
 
     /// What an account still holds (CloseAccount's facts).

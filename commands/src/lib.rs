@@ -8,6 +8,7 @@ pub mod pg;
 pub mod repo;
 pub mod service;
 pub mod store;
+pub(crate) mod unit;
 pub mod wallets;
 
 pub use service::{

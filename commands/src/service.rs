@@ -1,22 +1,17 @@
 //! The command service: authorisation facts, the retry loop around optimistic appends, and
 //! idempotency keys.
 
-use crate::repo::{encode, LoadError, Loaded, Repo};
-use crate::store::{
-    AppendError, AppendRequest, EventStore, NewClaim, NewIdempotency, Snapshot, StoreError,
-    StoredResponse, StreamWrite,
-};
+use crate::repo::{LoadError, Repo};
+use crate::store::{EventStore, StoreError, StoredResponse};
 use crate::Clock;
-use cqrs_es::event_sink::EventSink;
-use cqrs_es::Aggregate;
 use domain::account::Account;
 use domain::wallet::Wallet;
 use domain::{InvalidInput, RuleCode};
 use schemas::Metadata;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard};
+use tokio::sync::Mutex as AsyncMutex;
 use uuid::Uuid;
 
 /// The roles a subject may hold.
@@ -159,6 +154,9 @@ pub enum CommandError {
     /// The store failed (5xx).
     #[error(transparent)]
     Load(#[from] LoadError),
+    /// A defect in the command layer (500); never the client's fault.
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl From<Refusal> for CommandError {
@@ -199,59 +197,6 @@ impl CommandResult {
             200
         }
     }
-}
-
-/// What to do when a claim turns out taken at commit.
-#[derive(Debug, Clone)]
-pub(crate) enum OnTaken {
-    /// Refuse the command.
-    Refuse(Refusal),
-    /// Answer with the result of the command that made the claim (a repeat is a no-op).
-    ReturnFirst,
-}
-
-/// A unique fact the command establishes with the first event on `stream`.
-#[derive(Debug, Clone)]
-pub(crate) struct ClaimSpec {
-    pub scope: &'static str,
-    pub key: String,
-    pub stream: Uuid,
-    pub on_taken: OnTaken,
-}
-
-/// The locked aggregates of one command.
-pub(crate) struct View<A> {
-    guards: BTreeMap<Uuid, OwnedMutexGuard<Loaded<A>>>,
-}
-
-impl<A> View<A> {
-    /// The state of a locked aggregate.
-    pub fn get(&self, id: Uuid) -> &Loaded<A> {
-        &self.guards[&id]
-    }
-}
-
-type Decide<'a, A> =
-    Box<dyn FnMut(&View<A>) -> Result<<A as Aggregate>::Command, CommandError> + Send + 'a>;
-
-/// One aggregate a command changes, and how it decides.
-pub(crate) struct Target<'a, A: Aggregate> {
-    pub id: Uuid,
-    pub decide: Decide<'a, A>,
-}
-
-/// The rest of a command's plan.
-pub(crate) struct Plan {
-    /// The id the answer carries (defaults to the first target).
-    pub result_id: Option<Uuid>,
-    /// Whether the command creates an aggregate (201).
-    pub created: bool,
-    /// The role the command was allowed under.
-    pub role: Role,
-    /// Unique facts to claim.
-    pub claims: Vec<ClaimSpec>,
-    /// Whether the targets are new aggregates with freshly minted ids (no load needed).
-    pub new_streams: bool,
 }
 
 /// Tunables of the command service.
@@ -335,7 +280,7 @@ impl CommandService {
             .insert(subject.to_owned(), account);
     }
 
-    fn metadata(&self, env: &Envelope, role: Role) -> Metadata {
+    pub(crate) fn metadata(&self, env: &Envelope, role: Role) -> Metadata {
         Metadata {
             actor_sub: env.actor.subject.clone(),
             actor_role: role.as_str().to_owned(),
@@ -432,180 +377,6 @@ impl CommandService {
             }
         }
         result
-    }
-
-    /// Decides and appends a command over one or more aggregates of one type, atomically,
-    /// re-deciding on a concurrency conflict a bounded number of times.
-    pub(crate) async fn execute<A>(
-        &self,
-        repo: &Repo<A>,
-        env: &Envelope,
-        mut targets: Vec<Target<'_, A>>,
-        plan: Plan,
-    ) -> Result<CommandResult, CommandError>
-    where
-        A: Aggregate<Services = ()> + Clone,
-        A::Error: RuleCode,
-    {
-        let first = targets
-            .first()
-            .map(|t| t.id)
-            .ok_or(CommandError::Conflict)?;
-        let mut ids: Vec<Uuid> = targets.iter().map(|t| t.id).collect();
-        ids.sort();
-        ids.dedup();
-        let mut view = View {
-            guards: BTreeMap::new(),
-        };
-        for id in ids {
-            let guard = if plan.new_streams {
-                repo.lock_new(id).await
-            } else {
-                repo.lock(self.store.as_ref(), id).await?
-            };
-            view.guards.insert(id, guard);
-        }
-        let metadata = self.metadata(env, plan.role);
-        let mut attempt = 0_u64;
-        for _ in 0..=self.config.max_retries {
-            if let Some(expected) = env.if_match {
-                let current = view.get(first).version;
-                if current != expected {
-                    return Err(Refusal::new(
-                        412,
-                        "precondition_failed",
-                        format!("the aggregate is at version {current}, not {expected}"),
-                    )
-                    .into());
-                }
-            }
-            let mut writes = Vec::new();
-            let mut next_states = Vec::new();
-            for target in targets.iter_mut() {
-                let command = (target.decide)(&view)?;
-                let loaded = view.get(target.id);
-                let mut next = loaded.state.clone();
-                let sink = EventSink::<A>::default();
-                next.handle(command, &(), &sink)
-                    .await
-                    .map_err(|e| Refusal::rule(&e))?;
-                let events = sink.collect().await;
-                let expected = loaded.version;
-                let new_version = expected + events.len() as i64;
-                let mut snapshots = Vec::new();
-                let every = self.config.snapshot_every;
-                if every > 0 && new_version / every > expected / every {
-                    snapshots.push(Snapshot {
-                        stream_type: A::TYPE,
-                        stream_id: target.id,
-                        version: new_version,
-                        state: serde_json::to_value(&next).unwrap_or_default(),
-                    });
-                }
-                writes.push((
-                    StreamWrite {
-                        stream_type: A::TYPE,
-                        stream_id: target.id,
-                        expected_version: expected,
-                        events: events.iter().map(encode).collect(),
-                    },
-                    snapshots,
-                ));
-                next_states.push((target.id, next, new_version));
-            }
-            let claims: Vec<NewClaim> = plan
-                .claims
-                .iter()
-                .map(|c| NewClaim {
-                    scope: c.scope,
-                    key: c.key.clone(),
-                    stream_id: c.stream,
-                    stream_version: view.get(c.stream).version + 1,
-                })
-                .collect();
-            let result_id = plan.result_id.unwrap_or(first);
-            let result_version = next_states
-                .iter()
-                .find(|(id, _, _)| *id == first)
-                .map_or(0, |(_, _, v)| *v);
-            let idempotency = match (&env.idempotency, writes.last()) {
-                (Some(k), Some((last, _))) => Some(NewIdempotency {
-                    subject: env.actor.subject.clone(),
-                    key: k.key.clone(),
-                    request_hash: k.request_hash.clone(),
-                    status: if plan.created { 201 } else { 200 },
-                    result_id,
-                    result_version,
-                    last_stream: last.stream_id,
-                    last_version: last.expected_version + last.events.len() as i64,
-                }),
-                _ => None,
-            };
-            let mut streams = Vec::new();
-            let mut snapshots = Vec::new();
-            for (w, s) in writes {
-                streams.push(w);
-                snapshots.extend(s);
-            }
-            let request = AppendRequest {
-                streams,
-                metadata: metadata.clone(),
-                claims,
-                snapshots,
-                idempotency,
-            };
-            match self.store.append(request).await {
-                Ok(appended) => {
-                    for (id, state, version) in next_states {
-                        if let Some(g) = view.guards.get_mut(&id) {
-                            g.state = state;
-                            g.version = version;
-                        }
-                    }
-                    return Ok(CommandResult {
-                        id: result_id,
-                        version: result_version,
-                        position: appended.last_position(),
-                        created: plan.created,
-                        recorded: env.idempotency.is_some(),
-                    });
-                }
-                Err(AppendError::Conflict) => {
-                    // Another process moved a stream on: back off a little (randomly, so two
-                    // racers do not collide again in step), reload what changed, decide again.
-                    attempt += 1;
-                    let jitter = (Uuid::now_v7().as_u128() & 0x3ff) as u64 * attempt;
-                    tokio::time::sleep(std::time::Duration::from_micros(jitter)).await;
-                    for (id, g) in view.guards.iter_mut() {
-                        crate::repo::refresh(self.store.as_ref(), *id, g).await?;
-                    }
-                }
-                Err(AppendError::ClaimTaken) => {
-                    for c in &plan.claims {
-                        if let Some(taken) = self.store.claim(c.scope, &c.key).await? {
-                            return match &c.on_taken {
-                                OnTaken::Refuse(r) => Err(r.clone().into()),
-                                OnTaken::ReturnFirst => Ok(CommandResult {
-                                    id: taken.stream_id,
-                                    version: taken.stream_version,
-                                    position: taken.position,
-                                    created: false,
-                                    recorded: false,
-                                }),
-                            };
-                        }
-                    }
-                }
-                Err(AppendError::IdempotencyTaken) => return Err(CommandError::IdempotencyRace),
-                Err(AppendError::Store(e)) => {
-                    for g in view.guards.values_mut() {
-                        Repo::<A>::forget(g);
-                    }
-                    return Err(e.into());
-                }
-            }
-        }
-        Err(CommandError::Conflict)
     }
 }
 

@@ -1,10 +1,8 @@
 //! Wallet use cases: open, deposit, withdraw, transfer, freeze, close.
 
 use crate::repo::Loaded;
-use crate::service::{
-    ClaimSpec, CommandError, CommandResult, CommandService, Envelope, OnTaken, Plan, Refusal, Role,
-    Target, View,
-};
+use crate::service::{CommandError, CommandResult, CommandService, Envelope, Refusal, Role};
+use crate::unit::{change, ClaimSpec, Decision, Locks, OnTaken, Unit};
 use domain::account::{AccountStatus, KycStatus};
 use domain::values::bounded_text;
 use domain::wallet::{Wallet, WalletCommand};
@@ -117,28 +115,31 @@ impl CommandService {
             return Err(exists.into());
         }
         let id = Uuid::now_v7();
-        let plan = Plan {
-            result_id: None,
-            created: true,
-            role,
-            claims: vec![ClaimSpec {
-                scope: WALLET_SCOPE,
-                key,
-                stream: id,
-                on_taken: OnTaken::Refuse(exists),
-            }],
-            new_streams: true,
-        };
+        let claims = vec![ClaimSpec {
+            scope: WALLET_SCOPE,
+            key,
+            stream: id,
+            on_taken: OnTaken::Refuse(exists),
+        }];
         let command = WalletCommand::Open {
             wallet_id: id,
             owner,
             currency,
         };
-        let target = Target {
-            id,
-            decide: Box::new(move |_| Ok(command.clone())),
+        let unit = Unit {
+            role,
+            primary: id,
+            created: true,
         };
-        self.execute(&self.wallets, env, vec![target], plan).await
+        let locks = Locks::default().new_aggregate::<Wallet>(id);
+        self.run_unit(env, unit, locks, |_| {
+            Ok(Decision {
+                changes: vec![change::<Wallet>(id, command.clone())],
+                claims: claims.clone(),
+                result_id: None,
+            })
+        })
+        .await
     }
 
     /// Deposit, withdraw, freeze, unfreeze and close.
@@ -226,25 +227,26 @@ impl CommandService {
                 (Role::Customer, WalletCommand::Close, Some(me.state.id))
             }
         };
-        let plan = Plan {
-            result_id: None,
-            created: false,
+        let unit = Unit {
             role,
-            claims,
-            new_streams: false,
+            primary: id,
+            created: false,
         };
-        let target = Target {
-            id,
-            decide: Box::new(move |view: &View<Wallet>| {
-                let w = view.get(id);
-                exists(w.version)?;
+        let locks = Locks::default().existing::<Wallet>(id);
+        let outcome = self
+            .run_unit(env, unit, locks, |locked| {
+                let w = locked.existing::<Wallet>(id, "wallet")?;
                 if owner_check.is_some_and(|me| me != w.state.owner) {
                     return Err(Refusal::forbidden("not your wallet").into());
                 }
-                Ok(command.clone())
-            }),
-        };
-        match self.execute(&self.wallets, env, vec![target], plan).await {
+                Ok(Decision {
+                    changes: vec![change::<Wallet>(id, command.clone())],
+                    claims: claims.clone(),
+                    result_id: None,
+                })
+            })
+            .await;
+        match outcome {
             // A repeat of a deposit to a wallet that has since been closed is still a no-op.
             Err(CommandError::Refused(refusal)) => match deposit_ref {
                 Some(key) => match self.store.claim(DEPOSIT_REF_SCOPE, &key).await? {
@@ -299,50 +301,44 @@ impl CommandService {
         }
         let transfer_id = Uuid::now_v7();
         let me_id = me.state.id;
-        let memo2 = memo.clone();
-        let source = Target {
-            id: from,
-            decide: Box::new(move |view: &View<Wallet>| {
-                let w = view.get(from);
-                exists(w.version)?;
-                if w.state.owner != me_id {
-                    return Err(Refusal::forbidden("not your wallet").into());
-                }
-                let d: &Loaded<Wallet> = view.get(to);
-                exists(d.version)?;
-                let to_currency = d
-                    .state
-                    .currency
-                    .ok_or_else(|| Refusal::not_found("wallet"))?;
-                Ok(WalletCommand::SendTransfer {
-                    transfer_id,
-                    to_wallet: to,
-                    to_currency,
-                    amount,
-                    memo: memo.clone(),
-                })
-            }),
-        };
-        let destination = Target {
-            id: to,
-            decide: Box::new(move |_| {
-                Ok(WalletCommand::ReceiveTransfer {
-                    transfer_id,
-                    from_wallet: from,
-                    amount,
-                    memo: memo2.clone(),
-                })
-            }),
-        };
-        let plan = Plan {
-            result_id: Some(transfer_id),
-            created: true,
+        let unit = Unit {
             role: Role::Customer,
-            claims: vec![],
-            new_streams: false,
+            primary: from,
+            created: true,
         };
-        self.execute(&self.wallets, env, vec![source, destination], plan)
-            .await
+        let locks = Locks::default()
+            .existing::<Wallet>(from)
+            .existing::<Wallet>(to);
+        self.run_unit(env, unit, locks, |locked| {
+            let source = locked.existing::<Wallet>(from, "wallet")?;
+            if source.state.owner != me_id {
+                return Err(Refusal::forbidden("not your wallet").into());
+            }
+            let destination = locked.existing::<Wallet>(to, "wallet")?;
+            let to_currency = destination
+                .state
+                .currency
+                .ok_or_else(|| Refusal::not_found("wallet"))?;
+            let send = WalletCommand::SendTransfer {
+                transfer_id,
+                to_wallet: to,
+                to_currency,
+                amount,
+                memo: memo.clone(),
+            };
+            let receive = WalletCommand::ReceiveTransfer {
+                transfer_id,
+                from_wallet: from,
+                amount,
+                memo: memo.clone(),
+            };
+            Ok(Decision {
+                changes: vec![change::<Wallet>(from, send), change::<Wallet>(to, receive)],
+                claims: Vec::new(),
+                result_id: Some(transfer_id),
+            })
+        })
+        .await
     }
 
     /// GET a wallet: its owner, admins and auditors may read it.
