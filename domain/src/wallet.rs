@@ -116,6 +116,24 @@ pub enum WalletCommand {
     },
     /// Close an empty wallet for good.
     Close,
+    /// A debit for another aggregate's money move (an order payment, escrow funding, ...).
+    Debit {
+        /// How much.
+        amount: Amount,
+        /// Why.
+        reason: MoneyReason,
+        /// The order, escrow or pot (or contribution) the money goes to.
+        reference: Uuid,
+    },
+    /// A credit from another aggregate's money move (a refund, a release, a payout, ...).
+    Credit {
+        /// How much.
+        amount: Amount,
+        /// Why.
+        reason: MoneyReason,
+        /// The order, escrow or pot (or contribution) the money comes from.
+        reference: Uuid,
+    },
 }
 
 /// What happened to a wallet. Stored names are the variant names, schema version 1.
@@ -179,6 +197,48 @@ pub enum WalletEvent {
     },
     /// The wallet is closed for good.
     WalletClosed,
+    /// Money left for another aggregate (an order, an escrow, a pot).
+    WalletDebited {
+        /// How much.
+        amount: i64,
+        /// Why.
+        reason: MoneyReason,
+        /// The order, escrow or pot the money went to.
+        reference: Uuid,
+    },
+    /// Money arrived from another aggregate (a refund, a release, a payout).
+    WalletCredited {
+        /// How much.
+        amount: i64,
+        /// Why.
+        reason: MoneyReason,
+        /// The order, escrow or pot the money came from.
+        reference: Uuid,
+    },
+}
+
+/// Why money moves between a wallet and another aggregate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MoneyReason {
+    /// A buyer pays an order directly (debit), a seller receives it (credit).
+    OrderPayment,
+    /// An order's payment goes back to the buyer.
+    OrderRefund,
+    /// A buyer funds an escrow.
+    EscrowFunding,
+    /// An escrow pays the seller.
+    EscrowRelease,
+    /// An escrow pays the buyer back.
+    EscrowRefund,
+    /// An arbiter's split of a disputed escrow.
+    DisputeSettlement,
+    /// A contribution to a pot.
+    PotContribution,
+    /// A pot pays its beneficiary.
+    PotPayout,
+    /// A contribution goes back to its contributor.
+    ContributionRefund,
 }
 
 impl DomainEvent for WalletEvent {
@@ -192,6 +252,8 @@ impl DomainEvent for WalletEvent {
             Self::WalletFrozen { .. } => "WalletFrozen",
             Self::WalletUnfrozen { .. } => "WalletUnfrozen",
             Self::WalletClosed => "WalletClosed",
+            Self::WalletDebited { .. } => "WalletDebited",
+            Self::WalletCredited { .. } => "WalletCredited",
         }
         .to_owned()
     }
@@ -341,6 +403,31 @@ impl Wallet {
                 WalletStatus::Frozen => Ok(vec![E::WalletUnfrozen { reason }]),
                 s => Err(WalletError::InvalidState(s)),
             },
+            C::Debit {
+                amount,
+                reason,
+                reference,
+            } => {
+                self.require_debit(amount)?;
+                Ok(vec![E::WalletDebited {
+                    amount: amount.get(),
+                    reason,
+                    reference,
+                }])
+            }
+            C::Credit {
+                amount,
+                reason,
+                reference,
+            } => {
+                self.require_credit()?;
+                self.require_room(amount)?;
+                Ok(vec![E::WalletCredited {
+                    amount: amount.get(),
+                    reason,
+                    reference,
+                }])
+            }
             C::Close => {
                 if !matches!(self.status, WalletStatus::Active | WalletStatus::Frozen) {
                     return Err(WalletError::InvalidState(self.status));
@@ -423,6 +510,8 @@ impl Aggregate for Wallet {
             E::WalletFrozen { .. } => self.status = WalletStatus::Frozen,
             E::WalletUnfrozen { .. } => self.status = WalletStatus::Active,
             E::WalletClosed => self.status = WalletStatus::Closed,
+            E::WalletDebited { amount, .. } => self.balance = self.balance.saturating_sub(amount),
+            E::WalletCredited { amount, .. } => self.balance = self.balance.saturating_add(amount),
         }
     }
 }

@@ -880,3 +880,66 @@ fn a_credit_that_would_pass_the_balance_limit_is_refused() {
     assert_eq!(WalletError::BalanceLimit.code(), "balance_limit");
     assert_eq!(max, 1000 * 1_000_000_000_000_000);
 }
+
+fn debit(minor: i64) -> WalletCommand {
+    WalletCommand::Debit {
+        amount: amount(minor),
+        reason: domain::wallet::MoneyReason::OrderPayment,
+        reference: transfer_id(),
+    }
+}
+
+fn credit(minor: i64) -> WalletCommand {
+    WalletCommand::Credit {
+        amount: amount(minor),
+        reason: domain::wallet::MoneyReason::EscrowRelease,
+        reference: transfer_id(),
+    }
+}
+
+#[test]
+fn a_debit_for_another_aggregate_needs_an_active_wallet_and_enough_money() {
+    TestFramework::<Wallet>::with(())
+        .given(vec![opened(), deposited(500)])
+        .when(debit(500))
+        .then_expect_events(vec![WalletEvent::WalletDebited {
+            amount: 500,
+            reason: domain::wallet::MoneyReason::OrderPayment,
+            reference: transfer_id(),
+        }]);
+    TestFramework::<Wallet>::with(())
+        .given(vec![opened(), deposited(500)])
+        .when(debit(501))
+        .then_expect_error(WalletError::InsufficientFunds);
+    TestFramework::<Wallet>::with(())
+        .given(vec![opened(), deposited(500), frozen()])
+        .when(debit(1))
+        .then_expect_error(WalletError::InvalidState(WalletStatus::Frozen));
+}
+
+#[test]
+fn a_credit_from_another_aggregate_reaches_frozen_wallets_but_not_closed_ones() {
+    let credited = WalletEvent::WalletCredited {
+        amount: 700,
+        reason: domain::wallet::MoneyReason::EscrowRelease,
+        reference: transfer_id(),
+    };
+    TestFramework::<Wallet>::with(())
+        .given(vec![opened(), frozen()])
+        .when(credit(700))
+        .then_expect_events(vec![credited.clone()]);
+    TestFramework::<Wallet>::with(())
+        .given(vec![opened(), WalletEvent::WalletClosed])
+        .when(credit(700))
+        .then_expect_error(WalletError::InvalidState(WalletStatus::Closed));
+    let mut w = Wallet::default();
+    for e in [opened(), deposited(100), credited] {
+        w.apply(e);
+    }
+    w.apply(WalletEvent::WalletDebited {
+        amount: 300,
+        reason: domain::wallet::MoneyReason::PotContribution,
+        reference: transfer_id(),
+    });
+    assert_eq!(w.balance, 500);
+}
