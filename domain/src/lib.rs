@@ -6,6 +6,10 @@
 //! passed in with the command. Each aggregate implements `cqrs_es::Aggregate`.
 
 pub mod account;
+pub mod device;
+pub mod escrow;
+pub mod order;
+pub mod pot;
 pub mod values;
 pub mod wallet;
 
