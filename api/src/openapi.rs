@@ -35,6 +35,9 @@ impl Modify for BearerAuth {
         crate::routes::erase_personal_data,
         crate::routes::open_wallet, crate::routes::get_wallet, crate::routes::deposit, crate::routes::withdraw,
         crate::routes::freeze, crate::routes::unfreeze, crate::routes::close_wallet, crate::routes::transfer,
+        crate::routes::place_order, crate::routes::get_order, crate::routes::pay_order, crate::routes::ship_order,
+        crate::routes::confirm_delivery, crate::routes::cancel_order, crate::routes::refund_order,
+        crate::routes::get_escrow,
     ),
     modifiers(&BearerAuth)
 )]

@@ -558,3 +558,203 @@ pub struct CommandAnswer {
     /// The global log position of the last event written.
     position: i64,
 }
+
+/// One line of POST /v1/orders.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OrderLineBody {
+    sku: String,
+    description: String,
+    quantity: i64,
+    unit_price: i64,
+}
+
+/// POST /v1/orders.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PlaceOrderBody {
+    seller: Uuid,
+    currency: String,
+    lines: Vec<OrderLineBody>,
+    #[serde(default)]
+    use_escrow: bool,
+}
+
+/// Most lines an order body may carry before it is even looked at (the rule allows 100).
+const MAX_LINES_READ: usize = 1_000;
+
+#[utoipa::path(post, path = "/v1/orders", tag = "commands", request_body = PlaceOrderBody, params(CommandHeaders), security(("bearer" = [])), responses(CommandResponses))]
+pub(crate) async fn place_order(
+    State(s): State<AppState>,
+    req: CommandRequest<PlaceOrderBody>,
+) -> Response {
+    let b = req.body;
+    if b.lines.len() > MAX_LINES_READ {
+        return Problem::invalid("lines", "must have between 1 and 100 lines").into_response();
+    }
+    let lines = b
+        .lines
+        .into_iter()
+        .map(|l| domain::order::OrderLine {
+            sku: l.sku,
+            description: l.description,
+            quantity: l.quantity,
+            unit_price: l.unit_price,
+        })
+        .collect();
+    let input = commands::orders::PlaceOrder {
+        seller: b.seller,
+        currency: b.currency,
+        lines,
+        use_escrow: b.use_escrow,
+    };
+    let env = &req.env;
+    answer(
+        s.service
+            .idempotent(env, || s.service.place_order(env, input))
+            .await,
+    )
+}
+
+async fn order_action(
+    s: &AppState,
+    env: &Envelope,
+    id: Uuid,
+    action: commands::orders::OrderAction,
+) -> Response {
+    answer(
+        s.service
+            .idempotent(env, || s.service.order_command(env, id, action))
+            .await,
+    )
+}
+
+/// POST /v1/orders/{id}/pay.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PayOrderBody {
+    wallet: Uuid,
+}
+
+#[utoipa::path(post, path = "/v1/orders/{id}/pay", tag = "commands", request_body = PayOrderBody, params(("id" = Uuid, Path, description = "aggregate id"), CommandHeaders), security(("bearer" = [])), responses(CommandResponses))]
+pub(crate) async fn pay_order(
+    State(s): State<AppState>,
+    Path(id): Path<Uuid>,
+    req: CommandRequest<PayOrderBody>,
+) -> Response {
+    order_action(
+        &s,
+        &req.env,
+        id,
+        commands::orders::OrderAction::Pay {
+            wallet: req.body.wallet,
+        },
+    )
+    .await
+}
+
+/// POST /v1/orders/{id}/ship.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ShipOrderBody {
+    carrier: String,
+    tracking: String,
+}
+
+#[utoipa::path(post, path = "/v1/orders/{id}/ship", tag = "commands", request_body = ShipOrderBody, params(("id" = Uuid, Path, description = "aggregate id"), CommandHeaders), security(("bearer" = [])), responses(CommandResponses))]
+pub(crate) async fn ship_order(
+    State(s): State<AppState>,
+    Path(id): Path<Uuid>,
+    req: CommandRequest<ShipOrderBody>,
+) -> Response {
+    let action = commands::orders::OrderAction::Ship {
+        carrier: req.body.carrier,
+        tracking: req.body.tracking,
+    };
+    order_action(&s, &req.env, id, action).await
+}
+
+#[utoipa::path(post, path = "/v1/orders/{id}/confirm-delivery", tag = "commands", params(("id" = Uuid, Path, description = "aggregate id"), CommandHeaders), security(("bearer" = [])), responses(CommandResponses))]
+pub(crate) async fn confirm_delivery(
+    State(s): State<AppState>,
+    Path(id): Path<Uuid>,
+    req: CommandRequest<NoBody>,
+) -> Response {
+    order_action(
+        &s,
+        &req.env,
+        id,
+        commands::orders::OrderAction::ConfirmDelivery,
+    )
+    .await
+}
+
+#[utoipa::path(post, path = "/v1/orders/{id}/cancel", tag = "commands", request_body = ReasonBody, params(("id" = Uuid, Path, description = "aggregate id"), CommandHeaders), security(("bearer" = [])), responses(CommandResponses))]
+pub(crate) async fn cancel_order(
+    State(s): State<AppState>,
+    Path(id): Path<Uuid>,
+    req: CommandRequest<ReasonBody>,
+) -> Response {
+    order_action(
+        &s,
+        &req.env,
+        id,
+        commands::orders::OrderAction::Cancel {
+            reason: req.body.reason,
+        },
+    )
+    .await
+}
+
+/// POST /v1/orders/{id}/refunds.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RefundBody {
+    amount: i64,
+    reason: String,
+}
+
+#[utoipa::path(post, path = "/v1/orders/{id}/refunds", tag = "commands", request_body = RefundBody, params(("id" = Uuid, Path, description = "aggregate id"), CommandHeaders), security(("bearer" = [])), responses(CommandResponses))]
+pub(crate) async fn refund_order(
+    State(s): State<AppState>,
+    Path(id): Path<Uuid>,
+    req: CommandRequest<RefundBody>,
+) -> Response {
+    let action = commands::orders::OrderAction::Refund {
+        amount: req.body.amount,
+        reason: req.body.reason,
+    };
+    order_action(&s, &req.env, id, action).await
+}
+
+#[utoipa::path(get, path = "/v1/orders/{id}", tag = "queries", params(("id" = Uuid, Path)), security(("bearer" = [])), responses((status = 200, description = "the order with lines, total, paid and refunded amounts; ETag is its version", body = Object), (status = 403, description = "not a party", body = Problem, content_type = "application/problem+json"), (status = 404, description = "unknown id", body = Problem, content_type = "application/problem+json")))]
+pub(crate) async fn get_order(
+    State(s): State<AppState>,
+    Path(id): Path<Uuid>,
+    Caller(actor): Caller,
+) -> Response {
+    match s.service.get_order(&Envelope::new(actor), id).await {
+        Ok(o) => {
+            let mut body = serde_json::to_value(&o.state).unwrap_or_default();
+            body["version"] = json!(o.version);
+            with_etag(o.version, body)
+        }
+        Err(e) => Problem::from(e).into_response(),
+    }
+}
+
+#[utoipa::path(get, path = "/v1/escrows/{id}", tag = "queries", params(("id" = Uuid, Path)), security(("bearer" = [])), responses((status = 200, description = "the escrow's state and dispute; ETag is its version", body = Object), (status = 403, description = "not a party", body = Problem, content_type = "application/problem+json"), (status = 404, description = "unknown id", body = Problem, content_type = "application/problem+json")))]
+pub(crate) async fn get_escrow(
+    State(s): State<AppState>,
+    Path(id): Path<Uuid>,
+    Caller(actor): Caller,
+) -> Response {
+    match s.service.get_escrow(&Envelope::new(actor), id).await {
+        Ok(e) => {
+            let mut body = serde_json::to_value(&e.state).unwrap_or_default();
+            body["version"] = json!(e.version);
+            with_etag(e.version, body)
+        }
+        Err(e) => Problem::from(e).into_response(),
+    }
+}

@@ -4,6 +4,7 @@
 
 pub mod accounts;
 pub mod db;
+pub mod orders;
 pub mod pg;
 pub mod repo;
 pub mod service;

@@ -5,6 +5,8 @@ use crate::repo::{LoadError, Repo};
 use crate::store::{EventStore, StoreError, StoredResponse};
 use crate::Clock;
 use domain::account::Account;
+use domain::escrow::Escrow;
+use domain::order::Order;
 use domain::wallet::Wallet;
 use domain::{InvalidInput, RuleCode};
 use schemas::Metadata;
@@ -230,6 +232,8 @@ pub struct CommandService {
     pub(crate) config: ServiceConfig,
     pub(crate) accounts: Repo<Account>,
     pub(crate) wallets: Repo<Wallet>,
+    pub(crate) orders: Repo<Order>,
+    pub(crate) escrows: Repo<Escrow>,
     subjects: Mutex<HashMap<String, Uuid>>,
     idempotency_locks: Mutex<HashMap<(String, String), KeyLock>>,
 }
@@ -242,6 +246,8 @@ impl CommandService {
             clock,
             accounts: Repo::new(config.cache_capacity),
             wallets: Repo::new(config.cache_capacity),
+            orders: Repo::new(config.cache_capacity),
+            escrows: Repo::new(config.cache_capacity),
             config,
             subjects: Mutex::new(HashMap::new()),
             idempotency_locks: Mutex::new(HashMap::new()),

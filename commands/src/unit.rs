@@ -17,6 +17,8 @@ use crate::store::{
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::Aggregate;
 use domain::account::Account;
+use domain::escrow::Escrow;
+use domain::order::Order;
 use domain::wallet::Wallet;
 use domain::RuleCode;
 use futures::future::BoxFuture;
@@ -42,6 +44,18 @@ impl Stored for Account {
 impl Stored for Wallet {
     fn repo(service: &CommandService) -> &Repo<Self> {
         &service.wallets
+    }
+}
+
+impl Stored for Order {
+    fn repo(service: &CommandService) -> &Repo<Self> {
+        &service.orders
+    }
+}
+
+impl Stored for Escrow {
+    fn repo(service: &CommandService) -> &Repo<Self> {
+        &service.escrows
     }
 }
 
@@ -199,12 +213,21 @@ pub(crate) struct Decided {
 
 struct ChangeOf<A: Aggregate> {
     id: Uuid,
-    command: A::Command,
+    commands: Vec<A::Command>,
 }
 
 /// `command` for the locked aggregate `id` of type `A`.
 pub(crate) fn change<A: Stored>(id: Uuid, command: A::Command) -> Box<dyn Change> {
-    Box::new(ChangeOf::<A> { id, command })
+    Box::new(ChangeOf::<A> {
+        id,
+        commands: vec![command],
+    })
+}
+
+/// Several commands for one locked aggregate, each decided on the state the previous one left
+/// (a wallet opened on the fly and credited in the same commit).
+pub(crate) fn changes<A: Stored>(id: Uuid, commands: Vec<A::Command>) -> Box<dyn Change> {
+    Box::new(ChangeOf::<A> { id, commands })
 }
 
 impl<A: Stored> Change for ChangeOf<A> {
@@ -221,9 +244,11 @@ impl<A: Stored> Change for ChangeOf<A> {
             let loaded = locked.get::<A>(self.id)?;
             let mut next = loaded.state.clone();
             let sink = EventSink::<A>::default();
-            next.handle(self.command.clone(), &(), &sink)
-                .await
-                .map_err(|e| Refusal::rule(&e))?;
+            for command in &self.commands {
+                next.handle(command.clone(), &(), &sink)
+                    .await
+                    .map_err(|e| Refusal::rule(&e))?;
+            }
             let events = sink.collect().await;
             let expected = loaded.version;
             let version = expected + events.len() as i64;

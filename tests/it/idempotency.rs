@@ -143,8 +143,8 @@ async fn five_hundred_commands_sent_three_times_take_effect_once() {
         "each transfer appends exactly TransferSent + TransferReceived"
     );
 
-    let mut expected = vec![FUNDED; OWNERS];
-    let mut moves = vec![0_i64; OWNERS];
+    let mut expected = [FUNDED; OWNERS];
+    let mut moves = [0_i64; OWNERS];
     for i in 0..COMMANDS {
         let (from, to) = (i % OWNERS, (i + 1) % OWNERS);
         expected[from] -= amount_of(i);

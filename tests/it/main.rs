@@ -9,5 +9,6 @@ mod event_store;
 mod idempotency;
 mod multi_process;
 mod operations;
+mod orders;
 mod rules_over_http;
 mod state_machine;
