@@ -11,6 +11,8 @@ pub mod extract;
 pub mod metrics;
 pub mod openapi;
 mod routes;
+mod routes_devices;
+mod routes_pots;
 
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{delete, get, patch, post};
@@ -75,6 +77,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/orders/{id}/cancel", post(cancel_order))
         .route("/v1/orders/{id}/refunds", post(refund_order))
         .route("/v1/escrows/{id}", get(get_escrow))
+        .merge(routes_pots::router())
+        .merge(routes_devices::router())
         .route_layer(axum::middleware::from_fn(metrics::track))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(RequestBodyLimitLayer::new(4 * MAX_BODY_BYTES))

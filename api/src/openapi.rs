@@ -43,9 +43,17 @@ impl Modify for BearerAuth {
 )]
 pub struct ApiDoc;
 
+/// The whole description: the core routes and each area's own.
+pub fn document() -> utoipa::openapi::OpenApi {
+    let mut doc = ApiDoc::openapi();
+    doc.merge(crate::routes_pots::Api::openapi());
+    doc.merge(crate::routes_devices::Api::openapi());
+    doc
+}
+
 /// GET /openapi.json.
 pub async fn spec() -> Response {
-    Json(ApiDoc::openapi()).into_response()
+    Json(document()).into_response()
 }
 
 /// GET /docs: an interactive reference rendered from /openapi.json.

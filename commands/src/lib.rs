@@ -4,8 +4,10 @@
 
 pub mod accounts;
 pub mod db;
+pub mod devices;
 pub mod orders;
 pub mod pg;
+pub mod pots;
 pub mod repo;
 pub mod service;
 pub mod store;

@@ -2,7 +2,7 @@
 //! cancel and refund. Every money move is one commit over every stream it touches.
 
 use crate::service::{CommandError, CommandResult, CommandService, Envelope, Refusal, Role};
-use crate::unit::{change, changes, ClaimSpec, Decision, Locked, Locks, OnTaken, Unit};
+use crate::unit::{change, Decision, Locked, Locks, Unit};
 use crate::wallets::WALLET_SCOPE;
 use chrono::Duration;
 use domain::account::AccountStatus;
@@ -60,85 +60,11 @@ pub enum OrderAction {
     },
 }
 
-/// Where a credit to an account lands: its wallet in the currency, or one opened on the fly.
-struct Payee {
-    wallet: Uuid,
-    open: Option<(Uuid, Currency, ClaimSpec)>,
-}
-
-impl Payee {
-    fn locks(&self, locks: Locks) -> Locks {
-        match &self.open {
-            Some(_) => locks.new_aggregate::<Wallet>(self.wallet),
-            None => locks.existing::<Wallet>(self.wallet),
-        }
-    }
-
-    /// The wallet's change: opened first if needed, then credited.
-    fn credit(
-        &self,
-        amount: Amount,
-        reason: MoneyReason,
-        reference: Uuid,
-    ) -> Box<dyn crate::unit::Change> {
-        let credit = WalletCommand::Credit {
-            amount,
-            reason,
-            reference,
-        };
-        match &self.open {
-            Some((owner, currency, _)) => changes::<Wallet>(
-                self.wallet,
-                vec![
-                    WalletCommand::Open {
-                        wallet_id: self.wallet,
-                        owner: *owner,
-                        currency: *currency,
-                    },
-                    credit,
-                ],
-            ),
-            None => change::<Wallet>(self.wallet, credit),
-        }
-    }
-
-    fn claims(&self) -> Vec<ClaimSpec> {
-        self.open.iter().map(|(_, _, c)| c.clone()).collect()
-    }
-}
-
 fn amount_of(value: i64) -> Result<Amount, CommandError> {
     Ok(Amount::parse("amount", value)?)
 }
 
 impl CommandService {
-    /// The account's wallet in `currency`, or a new one to open in the same commit.
-    async fn payee(&self, owner: Uuid, currency: Currency) -> Result<Payee, CommandError> {
-        let key = format!("{owner}:{currency}");
-        if let Some(claim) = self.store.claim(WALLET_SCOPE, &key).await? {
-            return Ok(Payee {
-                wallet: claim.stream_id,
-                open: None,
-            });
-        }
-        let wallet = Uuid::now_v7();
-        let raced = Refusal::new(
-            409,
-            "concurrency_conflict",
-            "the payee's wallet was opened concurrently; try again",
-        );
-        let claim = ClaimSpec {
-            scope: WALLET_SCOPE,
-            key,
-            stream: wallet,
-            on_taken: OnTaken::Refuse(raced),
-        };
-        Ok(Payee {
-            wallet,
-            open: Some((owner, currency, claim)),
-        })
-    }
-
     /// PlaceOrder: the caller buys from `seller`.
     pub async fn place_order(
         &self,

@@ -5,8 +5,10 @@ use crate::repo::{LoadError, Repo};
 use crate::store::{EventStore, StoreError, StoredResponse};
 use crate::Clock;
 use domain::account::Account;
+use domain::device::Device;
 use domain::escrow::Escrow;
 use domain::order::Order;
+use domain::pot::Pot;
 use domain::wallet::Wallet;
 use domain::{InvalidInput, RuleCode};
 use schemas::Metadata;
@@ -234,6 +236,8 @@ pub struct CommandService {
     pub(crate) wallets: Repo<Wallet>,
     pub(crate) orders: Repo<Order>,
     pub(crate) escrows: Repo<Escrow>,
+    pub(crate) pots: Repo<Pot>,
+    pub(crate) devices: Repo<Device>,
     subjects: Mutex<HashMap<String, Uuid>>,
     idempotency_locks: Mutex<HashMap<(String, String), KeyLock>>,
 }
@@ -248,6 +252,8 @@ impl CommandService {
             wallets: Repo::new(config.cache_capacity),
             orders: Repo::new(config.cache_capacity),
             escrows: Repo::new(config.cache_capacity),
+            pots: Repo::new(config.cache_capacity),
+            devices: Repo::new(config.cache_capacity),
             config,
             subjects: Mutex::new(HashMap::new()),
             idempotency_locks: Mutex::new(HashMap::new()),

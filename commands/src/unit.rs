@@ -17,8 +17,10 @@ use crate::store::{
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::Aggregate;
 use domain::account::Account;
+use domain::device::Device;
 use domain::escrow::Escrow;
 use domain::order::Order;
+use domain::pot::Pot;
 use domain::wallet::Wallet;
 use domain::RuleCode;
 use futures::future::BoxFuture;
@@ -56,6 +58,18 @@ impl Stored for Order {
 impl Stored for Escrow {
     fn repo(service: &CommandService) -> &Repo<Self> {
         &service.escrows
+    }
+}
+
+impl Stored for Pot {
+    fn repo(service: &CommandService) -> &Repo<Self> {
+        &service.pots
+    }
+}
+
+impl Stored for Device {
+    fn repo(service: &CommandService) -> &Repo<Self> {
+        &service.devices
     }
 }
 

@@ -2,9 +2,10 @@
 
 use crate::repo::Loaded;
 use crate::service::{CommandError, CommandResult, CommandService, Envelope, Refusal, Role};
-use crate::unit::{change, ClaimSpec, Decision, Locks, OnTaken, Unit};
+use crate::unit::{change, changes, ClaimSpec, Decision, Locks, OnTaken, Unit};
 use domain::account::{AccountStatus, KycStatus};
 use domain::values::bounded_text;
+use domain::wallet::MoneyReason;
 use domain::wallet::{Wallet, WalletCommand};
 use domain::{Amount, Currency};
 use uuid::Uuid;
@@ -13,6 +14,56 @@ use uuid::Uuid;
 pub const WALLET_SCOPE: &str = "wallet";
 /// Claim scope: deposit references, unique per wallet (`<wallet>:<ref>`).
 pub const DEPOSIT_REF_SCOPE: &str = "deposit_ref";
+
+/// Where a credit to an account lands: its wallet in the currency, or one opened on the fly.
+pub(crate) struct Payee {
+    /// The wallet credited.
+    pub wallet: Uuid,
+    open: Option<(Uuid, Currency, ClaimSpec)>,
+}
+
+impl Payee {
+    /// Adds the wallet to a command's locks.
+    pub fn locks(&self, locks: Locks) -> Locks {
+        match &self.open {
+            Some(_) => locks.new_aggregate::<Wallet>(self.wallet),
+            None => locks.existing::<Wallet>(self.wallet),
+        }
+    }
+
+    /// The wallet's change: opened first if needed, then credited.
+    pub fn credit(
+        &self,
+        amount: Amount,
+        reason: MoneyReason,
+        reference: Uuid,
+    ) -> Box<dyn crate::unit::Change> {
+        let credit = WalletCommand::Credit {
+            amount,
+            reason,
+            reference,
+        };
+        match &self.open {
+            Some((owner, currency, _)) => changes::<Wallet>(
+                self.wallet,
+                vec![
+                    WalletCommand::Open {
+                        wallet_id: self.wallet,
+                        owner: *owner,
+                        currency: *currency,
+                    },
+                    credit,
+                ],
+            ),
+            None => change::<Wallet>(self.wallet, credit),
+        }
+    }
+
+    /// The wallet's claim when it is opened here.
+    pub fn claims(&self) -> Vec<ClaimSpec> {
+        self.open.iter().map(|(_, _, c)| c.clone()).collect()
+    }
+}
 
 /// Wallet commands on an existing wallet.
 #[derive(Debug, Clone)]
@@ -75,6 +126,37 @@ fn exists(view_version: i64) -> Result<(), CommandError> {
 }
 
 impl CommandService {
+    /// The account's wallet in `currency`, or a new one to open in the same commit.
+    pub(crate) async fn payee(
+        &self,
+        owner: Uuid,
+        currency: Currency,
+    ) -> Result<Payee, CommandError> {
+        let key = format!("{owner}:{currency}");
+        if let Some(claim) = self.store.claim(WALLET_SCOPE, &key).await? {
+            return Ok(Payee {
+                wallet: claim.stream_id,
+                open: None,
+            });
+        }
+        let wallet = Uuid::now_v7();
+        let raced = Refusal::new(
+            409,
+            "concurrency_conflict",
+            "the payee's wallet was opened concurrently; try again",
+        );
+        let claim = ClaimSpec {
+            scope: WALLET_SCOPE,
+            key,
+            stream: wallet,
+            on_taken: OnTaken::Refuse(raced),
+        };
+        Ok(Payee {
+            wallet,
+            open: Some((owner, currency, claim)),
+        })
+    }
+
     /// OpenWallet: for the caller's own account, or (admin) for `owner`.
     pub async fn open_wallet(
         &self,

@@ -5,10 +5,12 @@ mod support;
 
 mod bad_input;
 mod concurrency;
+mod devices;
 mod event_store;
 mod idempotency;
 mod multi_process;
 mod operations;
 mod orders;
+mod pots;
 mod rules_over_http;
 mod state_machine;

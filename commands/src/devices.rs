@@ -1,0 +1,1 @@
+//! Devices use cases (being written).

@@ -1,0 +1,1 @@
+//! Pots use cases (being written).

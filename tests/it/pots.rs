@@ -1,0 +1,1 @@
+//! Pots over HTTP (being written).
