@@ -17,7 +17,7 @@ use serde_json::json;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-fn answer(result: Result<CommandResult, CommandError>) -> Response {
+pub(crate) fn answer(result: Result<CommandResult, CommandError>) -> Response {
     match result {
         Ok(r) => {
             let status = StatusCode::from_u16(r.status()).unwrap_or(StatusCode::OK);
@@ -31,7 +31,7 @@ fn answer(result: Result<CommandResult, CommandError>) -> Response {
     }
 }
 
-fn with_etag(version: i64, body: serde_json::Value) -> Response {
+pub(crate) fn with_etag(version: i64, body: serde_json::Value) -> Response {
     let mut response = Json(body).into_response();
     if let Ok(v) = HeaderValue::from_str(&format!("\"{version}\"")) {
         response.headers_mut().insert(header::ETAG, v);
@@ -48,7 +48,8 @@ pub struct NoBody {}
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReasonBody {
-    reason: String,
+    /// Why.
+    pub reason: String,
 }
 
 /// POST /v1/accounts.
