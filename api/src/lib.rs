@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod openapi;
 mod routes;
 mod routes_devices;
+mod routes_escrows;
 mod routes_pots;
 
 use axum::extract::DefaultBodyLimit;
@@ -77,6 +78,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/orders/{id}/cancel", post(cancel_order))
         .route("/v1/orders/{id}/refunds", post(refund_order))
         .route("/v1/escrows/{id}", get(get_escrow))
+        .merge(routes_escrows::router())
         .merge(routes_pots::router())
         .merge(routes_devices::router())
         .route_layer(axum::middleware::from_fn(metrics::track))

@@ -46,6 +46,7 @@ pub struct ApiDoc;
 /// The whole description: the core routes and each area's own.
 pub fn document() -> utoipa::openapi::OpenApi {
     let mut doc = ApiDoc::openapi();
+    doc.merge(crate::routes_escrows::Api::openapi());
     doc.merge(crate::routes_pots::Api::openapi());
     doc.merge(crate::routes_devices::Api::openapi());
     doc

@@ -5,6 +5,7 @@
 pub mod accounts;
 pub mod db;
 pub mod devices;
+pub mod escrows;
 pub mod orders;
 pub mod pg;
 pub mod pots;

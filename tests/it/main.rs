@@ -6,6 +6,7 @@ mod support;
 mod bad_input;
 mod concurrency;
 mod devices;
+mod escrows;
 mod event_store;
 mod idempotency;
 mod multi_process;
