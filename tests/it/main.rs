@@ -7,6 +7,7 @@ mod bad_input;
 mod concurrency;
 mod devices;
 mod escrows;
+mod money_flows;
 mod event_store;
 mod idempotency;
 mod multi_process;
