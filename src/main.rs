@@ -203,36 +203,60 @@ async fn main() -> anyhow::Result<()> {
                 );
             }
             for role in roles {
-                if *role != ServeRole::Api {
+                if matches!(role, ServeRole::Projectors | ServeRole::Ingest) {
                     tracing::info!(?role, "this role has no workers in this version yet");
                 }
             }
-            if !roles.contains(&ServeRole::Api) {
-                tracing::info!("the api role is off: nothing to serve");
-                return Ok(());
-            }
             let store = PgEventStore::new(pool.clone(), *writers);
-            let service =
-                CommandService::new(store, Arc::new(SystemClock), ServiceConfig::default());
-            let state = AppState {
-                service: Arc::new(service),
-                auth: Arc::new(auth),
-                pool,
+            let service = Arc::new(CommandService::new(
+                store,
+                Arc::new(SystemClock),
+                ServiceConfig::default(),
+            ));
+            let (stop, stopped) = tokio::sync::watch::channel(false);
+            let mut workers = Vec::new();
+            if roles.contains(&ServeRole::Processes) {
+                let mut stopped = stopped.clone();
+                let until = async move {
+                    let _ = stopped.changed().await;
+                };
+                workers.push(tokio::spawn(commands::processes::run(
+                    service.clone(),
+                    pool.clone(),
+                    until,
+                )));
+                tracing::info!("the deadline processes are running");
+            }
+            let shutdown = async move {
+                shutdown_signal().await;
+                let _ = stop.send(true);
             };
-            let listener = tokio::net::TcpListener::bind(listen)
-                .await
-                .with_context(|| format!("cannot listen on {listen}"))?;
-            tracing::info!(address = %listener.local_addr()?, "chronicle is serving");
-            // Answers are small and written in pieces: without TCP_NODELAY, Nagle's algorithm
-            // meets the client's delayed ACK and adds tens of milliseconds to each request.
-            let listener = listener.tap_io(|tcp| {
-                if let Err(error) = tcp.set_nodelay(true) {
-                    tracing::warn!(%error, "cannot set TCP_NODELAY");
-                }
-            });
-            axum::serve(listener, api::router(state))
-                .with_graceful_shutdown(shutdown_signal())
-                .await?;
+            if roles.contains(&ServeRole::Api) {
+                let state = AppState {
+                    service,
+                    auth: Arc::new(auth),
+                    pool,
+                };
+                let listener = tokio::net::TcpListener::bind(listen)
+                    .await
+                    .with_context(|| format!("cannot listen on {listen}"))?;
+                tracing::info!(address = %listener.local_addr()?, "chronicle is serving");
+                // Answers are small and written in pieces: without TCP_NODELAY, Nagle's
+                // algorithm meets the client's delayed ACK and adds tens of milliseconds.
+                let listener = listener.tap_io(|tcp| {
+                    if let Err(error) = tcp.set_nodelay(true) {
+                        tracing::warn!(%error, "cannot set TCP_NODELAY");
+                    }
+                });
+                axum::serve(listener, api::router(state))
+                    .with_graceful_shutdown(shutdown)
+                    .await?;
+            } else {
+                shutdown.await;
+            }
+            for worker in workers {
+                let _ = worker.await;
+            }
         }
     }
     Ok(())

@@ -329,7 +329,7 @@ impl CommandService {
     /// A cancellation or refund with the money going back to the buyer's paying wallet: out
     /// of the order's escrow while it holds the payment, else out of the seller's wallet.
     #[allow(clippy::too_many_arguments)]
-    async fn refund_plan(
+    pub(crate) async fn refund_plan(
         &self,
         env: &Envelope,
         unit: Unit,

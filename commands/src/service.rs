@@ -32,6 +32,9 @@ pub enum Role {
     Auditor,
     /// Resolves disputes.
     Arbiter,
+    /// Chronicle's own processes (deadlines, cascades); never granted by a token.
+    #[serde(skip_deserializing)]
+    System,
 }
 
 impl Role {
@@ -43,6 +46,7 @@ impl Role {
             Role::Admin => "admin",
             Role::Auditor => "auditor",
             Role::Arbiter => "arbiter",
+            Role::System => "system",
         }
     }
 }
@@ -87,6 +91,9 @@ pub struct Envelope {
     pub idempotency: Option<IdempotencyKey>,
     /// `If-Match`: the version the client expects the target aggregate at.
     pub if_match: Option<i64>,
+    /// The process step this command performs (`<process>:<aggregate>:<due>`), recorded with
+    /// its events so that a restarted process never performs it twice.
+    pub step: Option<String>,
 }
 
 impl Envelope {
@@ -99,6 +106,7 @@ impl Envelope {
             causation_id: None,
             idempotency: None,
             if_match: None,
+            step: None,
         }
     }
 }

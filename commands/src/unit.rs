@@ -288,6 +288,9 @@ impl<A: Stored> Change for ChangeOf<A> {
     }
 }
 
+/// Claim scope: process steps already performed (see `Envelope::step`).
+pub const PROCESS_STEP_SCOPE: &str = "process_step";
+
 /// What to do when a claim turns out taken at commit.
 #[derive(Debug, Clone)]
 pub(crate) enum OnTaken {
@@ -377,8 +380,16 @@ impl CommandService {
                     change.decide(&locked, self.config.snapshot_every).await?,
                 ));
             }
-            let claims = decision
-                .claims
+            let mut claim_specs = decision.claims.clone();
+            if let Some(step) = &env.step {
+                claim_specs.push(ClaimSpec {
+                    scope: PROCESS_STEP_SCOPE,
+                    key: step.clone(),
+                    stream: unit.primary,
+                    on_taken: OnTaken::ReturnFirst,
+                });
+            }
+            let claims = claim_specs
                 .iter()
                 .map(|c| NewClaim {
                     scope: c.scope,
@@ -443,7 +454,7 @@ impl CommandService {
                     }
                 }
                 Err(AppendError::ClaimTaken) => {
-                    for c in &decision.claims {
+                    for c in &claim_specs {
                         if let Some(taken) = self.store.claim(c.scope, &c.key).await? {
                             return match &c.on_taken {
                                 OnTaken::Refuse(r) => Err(r.clone().into()),

@@ -5,6 +5,7 @@ mod support;
 
 mod bad_input;
 mod concurrency;
+mod deadlines;
 mod devices;
 mod escrows;
 mod money_flows;

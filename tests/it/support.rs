@@ -130,9 +130,14 @@ impl TestApp {
 
     /// The app with a service configuration.
     pub async fn with_config(config: ServiceConfig) -> Self {
+        Self::with_clock(config, Arc::new(SystemClock)).await
+    }
+
+    /// The app with a service configuration and a clock.
+    pub async fn with_clock(config: ServiceConfig, clock: Arc<dyn commands::Clock>) -> Self {
         let db = TestDb::new().await;
         let store = PgEventStore::new(db.pool.clone(), 2);
-        let service = CommandService::new(store, Arc::new(SystemClock), config);
+        let service = CommandService::new(store, clock, config);
         let auth = AuthConfig::hs256(SECRET, None, None);
         let state = AppState {
             service: Arc::new(service),

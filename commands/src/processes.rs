@@ -1,0 +1,264 @@
+//! Deadline processes: a scheduler that turns events into durable timers, and a runner that
+//! fires the timers that are due with commands of the actor `system:deadlines`.
+//!
+//! The scheduler reads the log through `read_all` and moves its checkpoint in the same
+//! transaction as the timers it writes, so every event is scheduled exactly once. The runner
+//! performs each due timer as a command whose `step` (`<kind>:<aggregate>:<due>`) is claimed
+//! in the same commit as its events: after a crash between the commit and marking the timer
+//! done, the repeat finds the claim and performs nothing. A deadline that passed while
+//! Chronicle was down is simply due when it comes back.
+
+use crate::service::{Actor, CommandError, CommandService, Envelope, Refusal, Role};
+use crate::store::{EventStore, StoreError};
+use crate::unit::{change, Decision, Locks, Unit};
+use chrono::{DateTime, Duration, Utc};
+use domain::escrow::{Escrow, EscrowCommand, Party};
+use domain::order::CancelledBy;
+use domain::wallet::{MoneyReason, Wallet, WalletCommand};
+use domain::Amount;
+use schemas::Cursor;
+use sqlx::PgPool;
+use std::sync::Arc;
+use uuid::Uuid;
+
+/// The scheduler's checkpoint name.
+const SCHEDULER: &str = "deadline_scheduler";
+/// How long a paid order may stay unshipped before it is cancelled and refunded.
+pub const UNSHIPPED_DAYS: i64 = 14;
+/// How long a firmware update may go unreported before it is marked failed.
+pub const FIRMWARE_TIMEOUT_HOURS: i64 = 24;
+
+/// The kinds of timers.
+pub mod kind {
+    /// Release an escrow to the seller at `release_after`.
+    pub const ESCROW_RELEASE: &str = "escrow_release";
+    /// Refund an escrow to the buyer at `expires_at`.
+    pub const ESCROW_REFUND: &str = "escrow_refund";
+    /// Cancel and refund a paid order not shipped within 14 days.
+    pub const ORDER_UNSHIPPED: &str = "order_unshipped";
+    /// Close a pot at `closes_at`.
+    pub const POT_CLOSE: &str = "pot_close";
+    /// Fail a firmware update not reported within 24 hours.
+    pub const FIRMWARE_TIMEOUT: &str = "firmware_timeout";
+}
+
+/// A timer the scheduler derived from an event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Timer {
+    /// What to do.
+    pub kind: &'static str,
+    /// To which aggregate.
+    pub aggregate_id: Uuid,
+    /// When.
+    pub due_at: DateTime<Utc>,
+}
+
+fn at(payload: &serde_json::Value, field: &str) -> Option<DateTime<Utc>> {
+    payload.get(field).and_then(|v| v.as_str()).and_then(|s| DateTime::parse_from_rfc3339(s).ok()).map(|d| d.with_timezone(&Utc))
+}
+
+/// The timers an event starts.
+pub fn timers_for(event: &schemas::RecordedEvent) -> Vec<Timer> {
+    let id = event.stream_id;
+    let p = &event.payload;
+    let timer = |kind, due_at| Timer { kind, aggregate_id: id, due_at };
+    match event.event_type.as_str() {
+        "EscrowOpened" => {
+            let mut t = Vec::new();
+            if let Some(r) = at(p, "release_after") {
+                t.push(timer(kind::ESCROW_RELEASE, r));
+            }
+            if let Some(e) = at(p, "expires_at") {
+                t.push(timer(kind::ESCROW_REFUND, e));
+            }
+            t
+        }
+        "OrderPaid" => at(p, "paid_at").map(|d| timer(kind::ORDER_UNSHIPPED, d + Duration::days(UNSHIPPED_DAYS))).into_iter().collect(),
+        "PotCreated" => at(p, "closes_at").map(|d| timer(kind::POT_CLOSE, d)).into_iter().collect(),
+        "FirmwareUpdateScheduled" => at(p, "scheduled_at")
+            .map(|d| timer(kind::FIRMWARE_TIMEOUT, d + Duration::hours(FIRMWARE_TIMEOUT_HOURS)))
+            .into_iter()
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Schedules the timers of up to `batch` new events; returns how many events it read.
+pub async fn schedule_step(store: &dyn EventStore, pool: &PgPool, batch: i64) -> Result<usize, StoreError> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("INSERT INTO process_checkpoints (name, tx, position) VALUES ($1, 0, 0) ON CONFLICT DO NOTHING")
+        .bind(SCHEDULER)
+        .execute(&mut *tx)
+        .await?;
+    // The row lock makes one scheduler at a time across processes.
+    let (ctx, cpos): (i64, i64) = sqlx::query_as("SELECT tx, position FROM process_checkpoints WHERE name = $1 FOR UPDATE")
+        .bind(SCHEDULER)
+        .fetch_one(&mut *tx)
+        .await?;
+    let events = store.read_all(Cursor { tx: ctx, position: cpos }, batch).await?;
+    let Some(last) = events.last().map(|e| e.cursor()) else {
+        tx.rollback().await?;
+        return Ok(0);
+    };
+    for timer in events.iter().flat_map(timers_for) {
+        sqlx::query(
+            "INSERT INTO timers (kind, aggregate_id, due_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (kind, aggregate_id) DO UPDATE SET due_at = EXCLUDED.due_at, done_at = NULL, outcome = NULL",
+        )
+        .bind(timer.kind)
+        .bind(timer.aggregate_id)
+        .bind(timer.due_at)
+        .execute(&mut *tx)
+        .await?;
+    }
+    sqlx::query("UPDATE process_checkpoints SET tx = $2, position = $3 WHERE name = $1")
+        .bind(SCHEDULER)
+        .bind(last.tx)
+        .bind(last.position)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(events.len())
+}
+
+/// Fires up to `batch` timers due at `now`; returns how many it settled.
+pub async fn fire_due(service: &CommandService, pool: &PgPool, now: DateTime<Utc>, batch: i64) -> Result<usize, StoreError> {
+    let due: Vec<(String, Uuid, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT kind, aggregate_id, due_at FROM timers WHERE done_at IS NULL AND due_at <= $1 ORDER BY due_at LIMIT $2",
+    )
+    .bind(now)
+    .bind(batch)
+    .fetch_all(pool)
+    .await?;
+    let mut settled = 0;
+    for (kind, id, due_at) in due {
+        let outcome = match service.fire(&kind, id, due_at).await {
+            Ok(Some(r)) => format!("done at position {}", r.position),
+            Ok(None) => continue, // not a timer this version performs yet
+            // The aggregate moved on (released by hand, shipped, ...): nothing left to do.
+            // A 409 (a race with another command) is transient: the timer stays due.
+            Err(CommandError::Refused(r)) if r.status != 409 => format!("nothing to do: {}", r.code),
+            Err(e) => {
+                tracing::warn!(error = %e, kind, %id, "a deadline failed; it is retried");
+                continue;
+            }
+        };
+        sqlx::query("UPDATE timers SET done_at = now(), outcome = $4 WHERE kind = $1 AND aggregate_id = $2 AND due_at = $3")
+            .bind(&kind)
+            .bind(id)
+            .bind(due_at)
+            .bind(outcome)
+            .execute(pool)
+            .await?;
+        settled += 1;
+    }
+    Ok(settled)
+}
+
+/// Runs the scheduler and the runner until `shutdown` resolves.
+pub async fn run(
+    service: Arc<CommandService>,
+    pool: PgPool,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    loop {
+        let mut busy = false;
+        match schedule_step(service.store().as_ref(), &pool, 500).await {
+            Ok(n) => busy |= n > 0,
+            Err(e) => tracing::warn!(error = %e, "the deadline scheduler failed; retrying"),
+        }
+        match fire_due(&service, &pool, service.now(), 50).await {
+            Ok(n) => busy |= n > 0,
+            Err(e) => tracing::warn!(error = %e, "the deadline runner failed; retrying"),
+        }
+        let pause = if busy { std::time::Duration::from_millis(10) } else { std::time::Duration::from_millis(500) };
+        tokio::select! {
+            () = &mut shutdown => return,
+            () = tokio::time::sleep(pause) => {}
+        }
+    }
+}
+
+impl CommandService {
+    /// The service's clock.
+    pub fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+
+    /// Performs one timer as the actor `system:deadlines`. `Ok(None)`: not a timer this
+    /// version performs.
+    pub async fn fire(&self, kind: &str, id: Uuid, due_at: DateTime<Utc>) -> Result<Option<crate::CommandResult>, CommandError> {
+        let step = format!("{kind}:{id}:{}", due_at.timestamp_micros());
+        if let Some(done) = self.store.claim(crate::unit::PROCESS_STEP_SCOPE, &step).await? {
+            // Performed before (the runner stopped before marking the timer done).
+            return Ok(Some(crate::CommandResult {
+                id: done.stream_id,
+                version: done.stream_version,
+                position: done.position,
+                created: false,
+                recorded: false,
+            }));
+        }
+        let mut env = Envelope::new(Actor { subject: "system:deadlines".into(), roles: vec![Role::System] });
+        env.step = Some(step);
+        let now = self.clock.now();
+        let unit = Unit { role: Role::System, primary: id, created: false };
+        match kind {
+            kind::ESCROW_RELEASE | kind::ESCROW_REFUND => {
+                let e = self.escrows.read(self.store.as_ref(), id).await?;
+                if e.version == 0 {
+                    return Err(Refusal::not_found("escrow").into());
+                }
+                let e = e.state;
+                let currency = e.currency.ok_or_else(|| Refusal::not_found("escrow"))?;
+                let amount = Amount::parse("amount", e.amount)?;
+                if kind == kind::ESCROW_RELEASE {
+                    let seller = self.payee(e.seller, currency).await?;
+                    let locks = seller.locks(Locks::default().existing::<Escrow>(id));
+                    self.run_unit(&env, unit, locks, |_| {
+                        Ok(Decision {
+                            changes: vec![
+                                change::<Escrow>(id, EscrowCommand::Release { by: Party::System, now }),
+                                seller.credit(amount, MoneyReason::EscrowRelease, id),
+                            ],
+                            claims: seller.claims(),
+                            result_id: None,
+                        })
+                    })
+                    .await
+                    .map(Some)
+                } else {
+                    let wallet = e.buyer_wallet;
+                    let locks = Locks::default().existing::<Escrow>(id).existing::<Wallet>(wallet);
+                    self.run_unit(&env, unit, locks, |_| {
+                        let credit = WalletCommand::Credit { amount, reason: MoneyReason::EscrowRefund, reference: id };
+                        Ok(Decision::of(vec![
+                            change::<Escrow>(id, EscrowCommand::Refund { by: Party::System, now }),
+                            change::<Wallet>(wallet, credit),
+                        ]))
+                    })
+                    .await
+                    .map(Some)
+                }
+            }
+            kind::ORDER_UNSHIPPED => self.cancel_unshipped(&env, id).await.map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    /// The 14-day process: a paid order not shipped is cancelled and refunded.
+    async fn cancel_unshipped(&self, env: &Envelope, id: Uuid) -> Result<crate::CommandResult, CommandError> {
+        let order = self.orders.read(self.store.as_ref(), id).await?;
+        if order.version == 0 {
+            return Err(Refusal::not_found("order").into());
+        }
+        let currency = order.state.currency.ok_or_else(|| Refusal::not_found("order"))?;
+        let cancel = domain::order::OrderCommand::Cancel {
+            reason: format!("not shipped within {UNSHIPPED_DAYS} days"),
+            by: CancelledBy::System,
+        };
+        let unit = Unit { role: Role::System, primary: id, created: false };
+        self.refund_plan(env, unit, &order.state, currency, cancel, None, self.clock.now()).await
+    }
+}
