@@ -90,6 +90,10 @@ impl AuthConfig {
             decode::<Claims>(token.trim(), &self.decoding, &self.validation).map_err(|e| {
                 Problem::new(401, "invalid_token", format!("the token was refused: {e}"))
             })?;
+        // Subjects of Chronicle's own actors cannot be borrowed by a token.
+        if data.claims.sub.starts_with("device:") || data.claims.sub.starts_with("system:") {
+            return Err(Problem::new(401, "invalid_token", "the token's subject is reserved"));
+        }
         if data.claims.sub.is_empty() || data.claims.sub.len() > 200 {
             return Err(Problem::new(
                 401,

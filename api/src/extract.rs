@@ -6,7 +6,9 @@ use crate::AppState;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
-use axum::http::{header, HeaderMap};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use commands::devices::AuthenticatedDevice;
 use commands::{Actor, Envelope, IdempotencyKey};
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
@@ -139,65 +141,154 @@ impl<T: DeserializeOwned> FromRequest<AppState> for CommandRequest<T> {
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
         let actor = authenticate(req.headers(), state)?;
-        let headers = req.headers().clone();
-        let method = req.method().clone();
-        let path = req.uri().path().to_owned();
-        let is_json = headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(';').next())
-            .is_some_and(|v| {
-                let v = v.trim().to_ascii_lowercase();
-                v == "application/json" || (v.starts_with("application/") && v.ends_with("+json"))
-            });
-        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
-            let status = rejection.status().as_u16();
-            if status == 413 {
-                Problem::new(413, "body_too_large", "the body is larger than 64 KiB")
-            } else {
-                Problem::new(
-                    400,
-                    "invalid_input",
-                    format!("the body could not be read: {rejection}"),
-                )
-            }
-        })?;
-        // A command without parameters may come with no body at all.
-        let body: T = if bytes.is_empty() {
-            serde_json::from_slice(b"{}").map_err(|e| {
-                Problem::new(
-                    400,
-                    "invalid_input",
-                    format!("a JSON body is required: {e}"),
-                )
-            })?
-        } else {
-            if !is_json {
-                return Err(Problem::new(
-                    415,
-                    "unsupported_media_type",
-                    "send Content-Type: application/json",
-                ));
-            }
-            parse_body(&bytes)?
-        };
-        let idempotency = idempotency_key(&headers)?.map(|key| {
-            let mut h = Sha256::new();
-            h.update(method.as_str().as_bytes());
-            h.update(b" ");
-            h.update(path.as_bytes());
-            h.update(b"\n");
-            h.update(&bytes);
-            IdempotencyKey {
-                key,
-                request_hash: hex::encode(h.finalize()),
-            }
+        command_request(actor, req, state).await
+    }
+}
+
+/// The rest of a command once its actor is known: body, idempotency key, If-Match and the
+/// correlation headers.
+async fn command_request<T: DeserializeOwned>(
+    actor: Actor,
+    req: Request,
+    state: &AppState,
+) -> Result<CommandRequest<T>, Problem> {
+    let headers = req.headers().clone();
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| {
+            let v = v.trim().to_ascii_lowercase();
+            v == "application/json" || (v.starts_with("application/") && v.ends_with("+json"))
         });
-        let mut env = Envelope::new(actor);
-        env.idempotency = idempotency;
-        env.if_match = if_match(&headers)?;
-        env.correlation_id = uuid_header(&headers, "x-correlation-id")?;
-        env.causation_id = uuid_header(&headers, "x-causation-id")?;
-        Ok(CommandRequest { env, body })
+    let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+        let status = rejection.status().as_u16();
+        if status == 413 {
+            Problem::new(413, "body_too_large", "the body is larger than 64 KiB")
+        } else {
+            Problem::new(
+                400,
+                "invalid_input",
+                format!("the body could not be read: {rejection}"),
+            )
+        }
+    })?;
+    // A command without parameters may come with no body at all.
+    let body: T = if bytes.is_empty() {
+        serde_json::from_slice(b"{}").map_err(|e| {
+            Problem::new(
+                400,
+                "invalid_input",
+                format!("a JSON body is required: {e}"),
+            )
+        })?
+    } else {
+        if !is_json {
+            return Err(Problem::new(
+                415,
+                "unsupported_media_type",
+                "send Content-Type: application/json",
+            ));
+        }
+        parse_body(&bytes)?
+    };
+    let idempotency = idempotency_key(&headers)?.map(|key| {
+        let mut h = Sha256::new();
+        h.update(method.as_str().as_bytes());
+        h.update(b" ");
+        h.update(path.as_bytes());
+        h.update(b"\n");
+        h.update(&bytes);
+        IdempotencyKey {
+            key,
+            request_hash: hex::encode(h.finalize()),
+        }
+    });
+    let mut env = Envelope::new(actor);
+    env.idempotency = idempotency;
+    env.if_match = if_match(&headers)?;
+    env.correlation_id = uuid_header(&headers, "x-correlation-id")?;
+    env.causation_id = uuid_header(&headers, "x-causation-id")?;
+    Ok(CommandRequest { env, body })
+}
+
+/// A command a device sends itself, authenticated with its device credential
+/// (`Authorization: Device <device_id>.<secret>`) instead of a bearer token. The body, the
+/// `Idempotency-Key` (scoped to the subject `device:<id>`) and `If-Match` are handled as for
+/// every command.
+pub struct DeviceCommandRequest<T> {
+    /// The device that proved itself.
+    pub device: AuthenticatedDevice,
+    /// Actor (`device:<id>`), ids, idempotency key, If-Match.
+    pub env: Envelope,
+    /// The parsed body.
+    pub body: T,
+}
+
+/// The longest secret accepted in a device credential before it is even hashed.
+const MAX_DEVICE_SECRET_CHARS: usize = 256;
+
+/// Parses `Authorization: Device <device_id>.<secret>` (the scheme case-insensitively).
+fn device_credential(headers: &HeaderMap) -> Result<(Uuid, String), Problem> {
+    let expected = "send Authorization: Device <device_id>.<secret>";
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .ok_or_else(|| Problem::unauthorized(expected))?
+        .to_str()
+        .map_err(|_| Problem::unauthorized("the Authorization header is not text"))?;
+    let (scheme, rest) = value
+        .split_once(' ')
+        .ok_or_else(|| Problem::unauthorized(expected))?;
+    if !scheme.eq_ignore_ascii_case("Device") {
+        return Err(Problem::unauthorized(format!(
+            "this route takes a device credential, not {scheme}: {expected}"
+        )));
+    }
+    let (id, secret) = rest
+        .trim()
+        .split_once('.')
+        .ok_or_else(|| Problem::unauthorized(expected))?;
+    let id = Uuid::try_parse(id).map_err(|_| {
+        Problem::unauthorized("the device credential must start with the device's id")
+    })?;
+    if secret.is_empty()
+        || secret.len() > MAX_DEVICE_SECRET_CHARS
+        || !secret.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return Err(Problem::unauthorized(
+            "the device credential's secret is missing or malformed",
+        ));
+    }
+    Ok((id, secret.to_owned()))
+}
+
+/// An error answer of a device-authenticated route: a 401 challenges for a device credential.
+pub(crate) fn device_challenge(response: Response) -> Response {
+    let mut response = response;
+    if response.status() == StatusCode::UNAUTHORIZED {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Device"));
+    }
+    response
+}
+
+impl<T: DeserializeOwned> FromRequest<AppState> for DeviceCommandRequest<T> {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let refuse = |p: Problem| device_challenge(p.into_response());
+        let (id, secret) = device_credential(req.headers()).map_err(refuse)?;
+        let device = state
+            .service
+            .authenticate_device(id, &secret)
+            .await
+            .map_err(|e| refuse(Problem::from(e)))?;
+        let CommandRequest { env, body } = command_request(device.actor(), req, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        Ok(DeviceCommandRequest { device, env, body })
     }
 }

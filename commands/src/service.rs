@@ -35,6 +35,9 @@ pub enum Role {
     /// Chronicle's own processes (deadlines, cascades); never granted by a token.
     #[serde(skip_deserializing)]
     System,
+    /// A device acting with its own credential; never granted by a token.
+    #[serde(skip_deserializing)]
+    Device,
 }
 
 impl Role {
@@ -47,6 +50,7 @@ impl Role {
             Role::Auditor => "auditor",
             Role::Arbiter => "arbiter",
             Role::System => "system",
+            Role::Device => "device",
         }
     }
 }
