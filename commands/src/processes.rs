@@ -12,6 +12,7 @@ use crate::service::{Actor, CommandError, CommandService, Envelope, Refusal, Rol
 use crate::store::{EventStore, StoreError};
 use crate::unit::{change, Decision, Locks, Unit};
 use chrono::{DateTime, Duration, Utc};
+use domain::device::{Device, DeviceCommand};
 use domain::escrow::{Escrow, EscrowCommand, Party};
 use domain::order::CancelledBy;
 use domain::wallet::{MoneyReason, Wallet, WalletCommand};
@@ -243,6 +244,15 @@ impl CommandService {
                 }
             }
             kind::ORDER_UNSHIPPED => self.cancel_unshipped(&env, id).await.map(Some),
+            kind::FIRMWARE_TIMEOUT => {
+                let locks = Locks::default().existing::<Device>(id);
+                self.run_unit(&env, unit, locks, |locked| {
+                    locked.existing::<Device>(id, "device")?;
+                    Ok(Decision::of(vec![change::<Device>(id, DeviceCommand::TimeOutFirmwareUpdate { now })]))
+                })
+                .await
+                .map(Some)
+            }
             _ => Ok(None),
         }
     }

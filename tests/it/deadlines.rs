@@ -233,3 +233,25 @@ async fn killing_the_process_runner_20_times_fires_every_deadline_exactly_once()
     }
     assert_eq!(c.seller_balance().await, 12_000);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_firmware_update_not_reported_in_24_hours_is_marked_failed() {
+    let c = clocked().await;
+    let device = c
+        .app
+        .post("/v1/devices", &c.seller_token, json!({"serial": "SN-24H", "model": "m", "firmware_version": "1.0"}))
+        .await;
+    assert_eq!(device.status, StatusCode::CREATED, "{:?}", device.body);
+    let id = device.id();
+    assert_eq!(c.app.post(&format!("/v1/devices/{id}/activate"), &c.seller_token, json!({})).await.status, StatusCode::OK);
+    let update = json!({"target_version": "2.0", "artifact_url": "https://example.com/fw.bin", "sha256": "a".repeat(64)});
+    let scheduled = c.app.post(&format!("/v1/devices/{id}/firmware"), &c.seller_token, update).await;
+    assert_eq!(scheduled.status, StatusCode::OK, "{:?}", scheduled.body);
+    c.clock.advance(Duration::hours(23));
+    c.tick().await;
+    assert_eq!(c.count("FirmwareUpdateFailed", id).await, 0, "not yet");
+    c.clock.advance(Duration::hours(2));
+    assert_eq!(c.tick().await, 1);
+    assert_eq!(c.count("FirmwareUpdateFailed", id).await, 1);
+    assert_eq!(c.tick().await, 0, "once");
+}
