@@ -92,7 +92,11 @@ impl AuthConfig {
             })?;
         // Subjects of Chronicle's own actors cannot be borrowed by a token.
         if data.claims.sub.starts_with("device:") || data.claims.sub.starts_with("system:") {
-            return Err(Problem::new(401, "invalid_token", "the token's subject is reserved"));
+            return Err(Problem::new(
+                401,
+                "invalid_token",
+                "the token's subject is reserved",
+            ));
         }
         if data.claims.sub.is_empty() || data.claims.sub.len() > 200 {
             return Err(Problem::new(

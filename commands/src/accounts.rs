@@ -12,6 +12,10 @@ use uuid::Uuid;
 
 /// Claim scope: one account per subject.
 pub const SUBJECT_SCOPE: &str = "account_subject";
+/// Claim scope: what may keep an account from closing (`<account>:pot:<id>` for owned
+/// pots, `<account>:escrow:<id>` for escrows it is a party to).
+pub const OBLIGATION_SCOPE: &str = "obligation";
+
 /// Claim scope: e-mail addresses, unique case-insensitively (stored as a hash).
 pub const EMAIL_SCOPE: &str = "account_email";
 
@@ -282,12 +286,14 @@ impl CommandService {
         .await
     }
 
-    /// What an account still holds (CloseAccount's facts).
+    /// What an account still holds (CloseAccount's facts): non-empty wallets, funded escrows
+    /// it is a party to, open pots it owns.
     async fn obligations(&self, account: Uuid) -> Result<Obligations, CommandError> {
         let mut o = Obligations::default();
+        let prefix = format!("{account}:");
         for claim in self
             .store
-            .claims_with_prefix(crate::wallets::WALLET_SCOPE, &format!("{account}:"))
+            .claims_with_prefix(crate::wallets::WALLET_SCOPE, &prefix)
             .await?
         {
             let w = self
@@ -296,6 +302,26 @@ impl CommandService {
                 .await?;
             if w.state.balance != 0 || w.state.held != 0 {
                 o.non_empty_wallets += 1;
+            }
+        }
+        for claim in self
+            .store
+            .claims_with_prefix(OBLIGATION_SCOPE, &prefix)
+            .await?
+        {
+            if claim.key.contains(":escrow:") {
+                let e = self
+                    .escrows
+                    .read(self.store.as_ref(), claim.stream_id)
+                    .await?;
+                if e.state.status == domain::escrow::EscrowStatus::Funded {
+                    o.funded_escrows += 1;
+                }
+            } else if claim.key.contains(":pot:") {
+                let p = self.pots.read(self.store.as_ref(), claim.stream_id).await?;
+                if p.state.status == domain::pot::PotStatus::Open {
+                    o.open_pots += 1;
+                }
             }
         }
         Ok(o)
@@ -317,4 +343,25 @@ impl CommandService {
         }
         Ok(account)
     }
+}
+
+/// The obligation claims of an escrow's two parties.
+pub(crate) fn escrow_parties(
+    escrow: Uuid,
+    buyer: Uuid,
+    seller: Uuid,
+) -> Vec<crate::unit::ClaimSpec> {
+    [buyer, seller]
+        .into_iter()
+        .map(|party| crate::unit::ClaimSpec {
+            scope: OBLIGATION_SCOPE,
+            key: format!("{party}:escrow:{escrow}"),
+            stream: escrow,
+            on_taken: crate::unit::OnTaken::Refuse(Refusal::new(
+                409,
+                "concurrency_conflict",
+                "try again",
+            )),
+        })
+        .collect()
 }

@@ -26,6 +26,8 @@ use uuid::Uuid;
 
 /// Claim scope: serial numbers, unique case-insensitively (the key is the lower-cased serial).
 pub const SERIAL_SCOPE: &str = "device_serial";
+/// Claim scope: an owner's devices (`<owner>:<device>`).
+pub const OWNER_SCOPE: &str = "device_owner";
 
 /// How many random bytes a device secret has.
 pub const SECRET_BYTES: usize = 32;
@@ -262,12 +264,21 @@ impl CommandService {
             return Err(taken.into());
         }
         let id = Uuid::now_v7();
-        let claims = vec![ClaimSpec {
-            scope: SERIAL_SCOPE,
-            key,
-            stream: id,
-            on_taken: OnTaken::Refuse(taken),
-        }];
+        let claims = vec![
+            ClaimSpec {
+                scope: SERIAL_SCOPE,
+                key,
+                stream: id,
+                on_taken: OnTaken::Refuse(taken),
+            },
+            // The owner's devices, for the account-closure cascade.
+            ClaimSpec {
+                scope: OWNER_SCOPE,
+                key: format!("{owner}:{id}"),
+                stream: id,
+                on_taken: OnTaken::Refuse(Refusal::new(409, "concurrency_conflict", "try again")),
+            },
+        ];
         let command = DeviceCommand::Register {
             device_id: id,
             owner,

@@ -104,7 +104,11 @@ impl CommandService {
                 fund: false,
                 now,
             };
-            Ok(Decision::of(vec![change::<Escrow>(id, open)]))
+            Ok(Decision {
+                changes: vec![change::<Escrow>(id, open)],
+                claims: crate::accounts::escrow_parties(id, me, input.seller),
+                result_id: None,
+            })
         })
         .await
     }

@@ -173,21 +173,25 @@ impl CommandService {
                             fund: true,
                             now,
                         };
-                        Ok(Decision::of(vec![
-                            change::<Order>(
-                                id,
-                                OrderCommand::Pay {
+                        Ok(Decision {
+                            changes: vec![
+                                change::<Order>(
+                                    id,
+                                    OrderCommand::Pay {
+                                        wallet,
+                                        escrow_id: Some(escrow),
+                                        now,
+                                    },
+                                ),
+                                change::<Wallet>(
                                     wallet,
-                                    escrow_id: Some(escrow),
-                                    now,
-                                },
-                            ),
-                            change::<Wallet>(
-                                wallet,
-                                debit(total, MoneyReason::EscrowFunding, escrow),
-                            ),
-                            change::<Escrow>(escrow, open),
-                        ]))
+                                    debit(total, MoneyReason::EscrowFunding, escrow),
+                                ),
+                                change::<Escrow>(escrow, open),
+                            ],
+                            claims: crate::accounts::escrow_parties(escrow, buyer, o.seller),
+                            result_id: None,
+                        })
                     })
                     .await
                 } else {

@@ -15,6 +15,7 @@ use chrono::{DateTime, Duration, Utc};
 use domain::device::{Device, DeviceCommand};
 use domain::escrow::{Escrow, EscrowCommand, Party};
 use domain::order::CancelledBy;
+use domain::pot::{Pot, PotCommand};
 use domain::wallet::{MoneyReason, Wallet, WalletCommand};
 use domain::Amount;
 use schemas::Cursor;
@@ -41,6 +42,8 @@ pub mod kind {
     pub const POT_CLOSE: &str = "pot_close";
     /// Fail a firmware update not reported within 24 hours.
     pub const FIRMWARE_TIMEOUT: &str = "firmware_timeout";
+    /// Close a closed account's wallets and decommission its devices.
+    pub const ACCOUNT_CLOSURE: &str = "account_closure";
 }
 
 /// A timer the scheduler derived from an event.
@@ -55,14 +58,22 @@ pub struct Timer {
 }
 
 fn at(payload: &serde_json::Value, field: &str) -> Option<DateTime<Utc>> {
-    payload.get(field).and_then(|v| v.as_str()).and_then(|s| DateTime::parse_from_rfc3339(s).ok()).map(|d| d.with_timezone(&Utc))
+    payload
+        .get(field)
+        .and_then(|v| v.as_str())
+        .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+        .map(|d| d.with_timezone(&Utc))
 }
 
 /// The timers an event starts.
 pub fn timers_for(event: &schemas::RecordedEvent) -> Vec<Timer> {
     let id = event.stream_id;
     let p = &event.payload;
-    let timer = |kind, due_at| Timer { kind, aggregate_id: id, due_at };
+    let timer = |kind, due_at| Timer {
+        kind,
+        aggregate_id: id,
+        due_at,
+    };
     match event.event_type.as_str() {
         "EscrowOpened" => {
             let mut t = Vec::new();
@@ -74,10 +85,22 @@ pub fn timers_for(event: &schemas::RecordedEvent) -> Vec<Timer> {
             }
             t
         }
-        "OrderPaid" => at(p, "paid_at").map(|d| timer(kind::ORDER_UNSHIPPED, d + Duration::days(UNSHIPPED_DAYS))).into_iter().collect(),
-        "PotCreated" => at(p, "closes_at").map(|d| timer(kind::POT_CLOSE, d)).into_iter().collect(),
+        "OrderPaid" => at(p, "paid_at")
+            .map(|d| timer(kind::ORDER_UNSHIPPED, d + Duration::days(UNSHIPPED_DAYS)))
+            .into_iter()
+            .collect(),
+        "PotCreated" => at(p, "closes_at")
+            .map(|d| timer(kind::POT_CLOSE, d))
+            .into_iter()
+            .collect(),
+        "AccountClosed" => vec![timer(kind::ACCOUNT_CLOSURE, event.metadata.occurred_at)],
         "FirmwareUpdateScheduled" => at(p, "scheduled_at")
-            .map(|d| timer(kind::FIRMWARE_TIMEOUT, d + Duration::hours(FIRMWARE_TIMEOUT_HOURS)))
+            .map(|d| {
+                timer(
+                    kind::FIRMWARE_TIMEOUT,
+                    d + Duration::hours(FIRMWARE_TIMEOUT_HOURS),
+                )
+            })
             .into_iter()
             .collect(),
         _ => Vec::new(),
@@ -85,18 +108,31 @@ pub fn timers_for(event: &schemas::RecordedEvent) -> Vec<Timer> {
 }
 
 /// Schedules the timers of up to `batch` new events; returns how many events it read.
-pub async fn schedule_step(store: &dyn EventStore, pool: &PgPool, batch: i64) -> Result<usize, StoreError> {
+pub async fn schedule_step(
+    store: &dyn EventStore,
+    pool: &PgPool,
+    batch: i64,
+) -> Result<usize, StoreError> {
     let mut tx = pool.begin().await?;
     sqlx::query("INSERT INTO process_checkpoints (name, tx, position) VALUES ($1, 0, 0) ON CONFLICT DO NOTHING")
         .bind(SCHEDULER)
         .execute(&mut *tx)
         .await?;
     // The row lock makes one scheduler at a time across processes.
-    let (ctx, cpos): (i64, i64) = sqlx::query_as("SELECT tx, position FROM process_checkpoints WHERE name = $1 FOR UPDATE")
-        .bind(SCHEDULER)
-        .fetch_one(&mut *tx)
+    let (ctx, cpos): (i64, i64) =
+        sqlx::query_as("SELECT tx, position FROM process_checkpoints WHERE name = $1 FOR UPDATE")
+            .bind(SCHEDULER)
+            .fetch_one(&mut *tx)
+            .await?;
+    let events = store
+        .read_all(
+            Cursor {
+                tx: ctx,
+                position: cpos,
+            },
+            batch,
+        )
         .await?;
-    let events = store.read_all(Cursor { tx: ctx, position: cpos }, batch).await?;
     let Some(last) = events.last().map(|e| e.cursor()) else {
         tx.rollback().await?;
         return Ok(0);
@@ -123,7 +159,12 @@ pub async fn schedule_step(store: &dyn EventStore, pool: &PgPool, batch: i64) ->
 }
 
 /// Fires up to `batch` timers due at `now`; returns how many it settled.
-pub async fn fire_due(service: &CommandService, pool: &PgPool, now: DateTime<Utc>, batch: i64) -> Result<usize, StoreError> {
+pub async fn fire_due(
+    service: &CommandService,
+    pool: &PgPool,
+    now: DateTime<Utc>,
+    batch: i64,
+) -> Result<usize, StoreError> {
     let due: Vec<(String, Uuid, DateTime<Utc>)> = sqlx::query_as(
         "SELECT kind, aggregate_id, due_at FROM timers WHERE done_at IS NULL AND due_at <= $1 ORDER BY due_at LIMIT $2",
     )
@@ -138,7 +179,9 @@ pub async fn fire_due(service: &CommandService, pool: &PgPool, now: DateTime<Utc
             Ok(None) => continue, // not a timer this version performs yet
             // The aggregate moved on (released by hand, shipped, ...): nothing left to do.
             // A 409 (a race with another command) is transient: the timer stays due.
-            Err(CommandError::Refused(r)) if r.status != 409 => format!("nothing to do: {}", r.code),
+            Err(CommandError::Refused(r)) if r.status != 409 => {
+                format!("nothing to do: {}", r.code)
+            }
             Err(e) => {
                 tracing::warn!(error = %e, kind, %id, "a deadline failed; it is retried");
                 continue;
@@ -173,7 +216,11 @@ pub async fn run(
             Ok(n) => busy |= n > 0,
             Err(e) => tracing::warn!(error = %e, "the deadline runner failed; retrying"),
         }
-        let pause = if busy { std::time::Duration::from_millis(10) } else { std::time::Duration::from_millis(500) };
+        let pause = if busy {
+            std::time::Duration::from_millis(10)
+        } else {
+            std::time::Duration::from_millis(500)
+        };
         tokio::select! {
             () = &mut shutdown => return,
             () = tokio::time::sleep(pause) => {}
@@ -189,9 +236,18 @@ impl CommandService {
 
     /// Performs one timer as the actor `system:deadlines`. `Ok(None)`: not a timer this
     /// version performs.
-    pub async fn fire(&self, kind: &str, id: Uuid, due_at: DateTime<Utc>) -> Result<Option<crate::CommandResult>, CommandError> {
+    pub async fn fire(
+        &self,
+        kind: &str,
+        id: Uuid,
+        due_at: DateTime<Utc>,
+    ) -> Result<Option<crate::CommandResult>, CommandError> {
         let step = format!("{kind}:{id}:{}", due_at.timestamp_micros());
-        if let Some(done) = self.store.claim(crate::unit::PROCESS_STEP_SCOPE, &step).await? {
+        if let Some(done) = self
+            .store
+            .claim(crate::unit::PROCESS_STEP_SCOPE, &step)
+            .await?
+        {
             // Performed before (the runner stopped before marking the timer done).
             return Ok(Some(crate::CommandResult {
                 id: done.stream_id,
@@ -201,10 +257,17 @@ impl CommandService {
                 recorded: false,
             }));
         }
-        let mut env = Envelope::new(Actor { subject: "system:deadlines".into(), roles: vec![Role::System] });
+        let mut env = Envelope::new(Actor {
+            subject: "system:deadlines".into(),
+            roles: vec![Role::System],
+        });
         env.step = Some(step);
         let now = self.clock.now();
-        let unit = Unit { role: Role::System, primary: id, created: false };
+        let unit = Unit {
+            role: Role::System,
+            primary: id,
+            created: false,
+        };
         match kind {
             kind::ESCROW_RELEASE | kind::ESCROW_REFUND => {
                 let e = self.escrows.read(self.store.as_ref(), id).await?;
@@ -220,7 +283,13 @@ impl CommandService {
                     self.run_unit(&env, unit, locks, |_| {
                         Ok(Decision {
                             changes: vec![
-                                change::<Escrow>(id, EscrowCommand::Release { by: Party::System, now }),
+                                change::<Escrow>(
+                                    id,
+                                    EscrowCommand::Release {
+                                        by: Party::System,
+                                        now,
+                                    },
+                                ),
                                 seller.credit(amount, MoneyReason::EscrowRelease, id),
                             ],
                             claims: seller.claims(),
@@ -231,11 +300,23 @@ impl CommandService {
                     .map(Some)
                 } else {
                     let wallet = e.buyer_wallet;
-                    let locks = Locks::default().existing::<Escrow>(id).existing::<Wallet>(wallet);
+                    let locks = Locks::default()
+                        .existing::<Escrow>(id)
+                        .existing::<Wallet>(wallet);
                     self.run_unit(&env, unit, locks, |_| {
-                        let credit = WalletCommand::Credit { amount, reason: MoneyReason::EscrowRefund, reference: id };
+                        let credit = WalletCommand::Credit {
+                            amount,
+                            reason: MoneyReason::EscrowRefund,
+                            reference: id,
+                        };
                         Ok(Decision::of(vec![
-                            change::<Escrow>(id, EscrowCommand::Refund { by: Party::System, now }),
+                            change::<Escrow>(
+                                id,
+                                EscrowCommand::Refund {
+                                    by: Party::System,
+                                    now,
+                                },
+                            ),
                             change::<Wallet>(wallet, credit),
                         ]))
                     })
@@ -244,11 +325,30 @@ impl CommandService {
                 }
             }
             kind::ORDER_UNSHIPPED => self.cancel_unshipped(&env, id).await.map(Some),
+            kind::ACCOUNT_CLOSURE => self.closure_cascade(&env, id).await.map(Some),
+            kind::POT_CLOSE => {
+                let locks = Locks::default().existing::<Pot>(id);
+                self.run_unit(&env, unit, locks, |locked| {
+                    locked.existing::<Pot>(id, "pot")?;
+                    Ok(Decision::of(vec![change::<Pot>(
+                        id,
+                        PotCommand::Close {
+                            by_system: true,
+                            now,
+                        },
+                    )]))
+                })
+                .await
+                .map(Some)
+            }
             kind::FIRMWARE_TIMEOUT => {
                 let locks = Locks::default().existing::<Device>(id);
                 self.run_unit(&env, unit, locks, |locked| {
                     locked.existing::<Device>(id, "device")?;
-                    Ok(Decision::of(vec![change::<Device>(id, DeviceCommand::TimeOutFirmwareUpdate { now })]))
+                    Ok(Decision::of(vec![change::<Device>(
+                        id,
+                        DeviceCommand::TimeOutFirmwareUpdate { now },
+                    )]))
                 })
                 .await
                 .map(Some)
@@ -257,18 +357,114 @@ impl CommandService {
         }
     }
 
+    /// The account-closure cascade: close the account's (empty) wallets, decommission its
+    /// devices. Each part is a step of its own, so a restart resumes where it stopped; parts
+    /// already done are refused by their aggregates and skipped.
+    async fn closure_cascade(
+        &self,
+        env: &Envelope,
+        account: Uuid,
+    ) -> Result<crate::CommandResult, CommandError> {
+        let mut last = None;
+        let prefix = format!("{account}:");
+        let wallets = self
+            .store
+            .claims_with_prefix(crate::wallets::WALLET_SCOPE, &prefix)
+            .await?;
+        let devices = self
+            .store
+            .claims_with_prefix(crate::devices::OWNER_SCOPE, &prefix)
+            .await?;
+        let parts = wallets
+            .iter()
+            .map(|c| (c.stream_id, true))
+            .chain(devices.iter().map(|c| (c.stream_id, false)));
+        for (id, is_wallet) in parts {
+            let mut part = env.clone();
+            part.step = env.step.as_ref().map(|s| format!("{s}:{id}"));
+            if let Some(step) = &part.step {
+                if self
+                    .store
+                    .claim(crate::unit::PROCESS_STEP_SCOPE, step)
+                    .await?
+                    .is_some()
+                {
+                    continue;
+                }
+            }
+            let unit = Unit {
+                role: Role::System,
+                primary: id,
+                created: false,
+            };
+            let outcome = if is_wallet {
+                self.run_unit(&part, unit, Locks::default().existing::<Wallet>(id), |_| {
+                    Ok(Decision::of(vec![change::<Wallet>(
+                        id,
+                        WalletCommand::Close,
+                    )]))
+                })
+                .await
+            } else {
+                let reason = "the owner's account was closed".to_owned();
+                self.run_unit(&part, unit, Locks::default().existing::<Device>(id), |_| {
+                    Ok(Decision::of(vec![change::<Device>(
+                        id,
+                        DeviceCommand::Decommission {
+                            reason: reason.clone(),
+                        },
+                    )]))
+                })
+                .await
+            };
+            match outcome {
+                Ok(r) => last = Some(r),
+                // Already closed or decommissioned (by hand, or before a restart).
+                Err(CommandError::Refused(r)) if r.status == 422 => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(last.unwrap_or(crate::CommandResult {
+            id: account,
+            version: 0,
+            position: 0,
+            created: false,
+            recorded: false,
+        }))
+    }
+
     /// The 14-day process: a paid order not shipped is cancelled and refunded.
-    async fn cancel_unshipped(&self, env: &Envelope, id: Uuid) -> Result<crate::CommandResult, CommandError> {
+    async fn cancel_unshipped(
+        &self,
+        env: &Envelope,
+        id: Uuid,
+    ) -> Result<crate::CommandResult, CommandError> {
         let order = self.orders.read(self.store.as_ref(), id).await?;
         if order.version == 0 {
             return Err(Refusal::not_found("order").into());
         }
-        let currency = order.state.currency.ok_or_else(|| Refusal::not_found("order"))?;
+        let currency = order
+            .state
+            .currency
+            .ok_or_else(|| Refusal::not_found("order"))?;
         let cancel = domain::order::OrderCommand::Cancel {
             reason: format!("not shipped within {UNSHIPPED_DAYS} days"),
             by: CancelledBy::System,
         };
-        let unit = Unit { role: Role::System, primary: id, created: false };
-        self.refund_plan(env, unit, &order.state, currency, cancel, None, self.clock.now()).await
+        let unit = Unit {
+            role: Role::System,
+            primary: id,
+            created: false,
+        };
+        self.refund_plan(
+            env,
+            unit,
+            &order.state,
+            currency,
+            cancel,
+            None,
+            self.clock.now(),
+        )
+        .await
     }
 }

@@ -2026,10 +2026,17 @@ async fn a_400_names_the_field() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn reserved_subjects_are_refused() {
     let app = TestApp::new().await;
-    for sub in ["device:01a2017a-0fdf-7044-9b94-9390086d2029", "system:deadlines"] {
+    for sub in [
+        "device:01a2017a-0fdf-7044-9b94-9390086d2029",
+        "system:deadlines",
+    ] {
         let token = app.token(sub, &[Role::Customer]);
         let a = app
-            .post("/v1/accounts", &token, json!({"email": "x@example.com", "display_name": "x"}))
+            .post(
+                "/v1/accounts",
+                &token,
+                json!({"email": "x@example.com", "display_name": "x"}),
+            )
             .await;
         assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{sub}: {:?}", a.body);
         assert_eq!(app.event_count().await, 0);

@@ -28,8 +28,18 @@ async fn clocked() -> Clocked {
     let (_, buyer_token) = app.customer("deadline-buyer").await;
     let (seller, seller_token) = app.customer("deadline-seller").await;
     let buyer_wallet = app.wallet(&buyer_token, "EUR").await;
-    assert_eq!(app.deposit(buyer_wallet, 100_000).await.status, StatusCode::OK);
-    Clocked { app, clock, buyer_token, buyer_wallet, seller, seller_token }
+    assert_eq!(
+        app.deposit(buyer_wallet, 100_000).await.status,
+        StatusCode::OK
+    );
+    Clocked {
+        app,
+        clock,
+        buyer_token,
+        buyer_wallet,
+        seller,
+        seller_token,
+    }
 }
 
 impl Clocked {
@@ -46,7 +56,14 @@ impl Clocked {
         let opened = self.app.post("/v1/escrows", &self.buyer_token, body).await;
         assert_eq!(opened.status, StatusCode::CREATED, "{:?}", opened.body);
         let id = opened.id();
-        let funded = self.app.post(&format!("/v1/escrows/{id}/fund"), &self.buyer_token, json!({})).await;
+        let funded = self
+            .app
+            .post(
+                &format!("/v1/escrows/{id}/fund"),
+                &self.buyer_token,
+                json!({}),
+            )
+            .await;
         assert_eq!(funded.status, StatusCode::OK, "{:?}", funded.body);
         id
     }
@@ -62,14 +79,18 @@ impl Clocked {
     /// Lets the scheduler catch up with the whole log, then fires what is due.
     async fn tick(&self) -> usize {
         self.catch_up().await;
-        fire_due(self.service(), &self.app.db.pool, self.clock_now(), 100).await.expect("fire")
+        fire_due(self.service(), &self.app.db.pool, self.clock_now(), 100)
+            .await
+            .expect("fire")
     }
 
     /// `read_all` only returns events below the cluster's oldest running transaction, and
     /// other tests' transactions share the cluster: wait until the scheduler has read all.
     async fn catch_up(&self) {
         for _ in 0..500 {
-            schedule_step(self.service().store().as_ref(), &self.app.db.pool, 100).await.expect("schedule");
+            schedule_step(self.service().store().as_ref(), &self.app.db.pool, 100)
+                .await
+                .expect("schedule");
             let behind: i64 = sqlx::query_scalar(
                 "SELECT count(*) FROM events e WHERE NOT EXISTS (SELECT 1 FROM process_checkpoints c \
                  WHERE c.name = 'deadline_scheduler' AND (e.tx, e.position) <= (c.tx, c.position))",
@@ -95,13 +116,16 @@ impl Clocked {
     }
 
     async fn seller_balance(&self) -> i64 {
-        let w: Option<Uuid> = sqlx::query_scalar("SELECT stream_id FROM claims WHERE scope = 'wallet' AND key = $1")
-            .bind(format!("{}:EUR", self.seller))
-            .fetch_optional(&self.app.db.pool)
-            .await
-            .expect("claims");
+        let w: Option<Uuid> =
+            sqlx::query_scalar("SELECT stream_id FROM claims WHERE scope = 'wallet' AND key = $1")
+                .bind(format!("{}:EUR", self.seller))
+                .fetch_optional(&self.app.db.pool)
+                .await
+                .expect("claims");
         match w {
-            Some(w) => self.app.wallet_view(w).await["balance"].as_i64().expect("balance"),
+            Some(w) => self.app.wallet_view(w).await["balance"]
+                .as_i64()
+                .expect("balance"),
             None => 0,
         }
     }
@@ -116,16 +140,22 @@ async fn an_escrow_is_released_at_release_after_once_and_its_refund_deadline_the
     assert_eq!(c.tick().await, 1);
     assert_eq!(c.count("EscrowReleased", id).await, 1);
     assert_eq!(c.seller_balance().await, 4_000);
-    let released_by: String = sqlx::query_scalar("SELECT actor_sub FROM events WHERE event_type = 'EscrowReleased' AND stream_id = $1")
-        .bind(id)
-        .fetch_one(&c.app.db.pool)
-        .await
-        .expect("actor");
+    let released_by: String = sqlx::query_scalar(
+        "SELECT actor_sub FROM events WHERE event_type = 'EscrowReleased' AND stream_id = $1",
+    )
+    .bind(id)
+    .fetch_one(&c.app.db.pool)
+    .await
+    .expect("actor");
     assert_eq!(released_by, "system:deadlines");
     assert_eq!(c.tick().await, 0, "fired once");
     c.clock.advance(Duration::days(3));
     assert_eq!(c.tick().await, 1, "the refund deadline is settled");
-    assert_eq!(c.count("EscrowRefunded", id).await, 0, "a released escrow is never refunded");
+    assert_eq!(
+        c.count("EscrowRefunded", id).await,
+        0,
+        "a released escrow is never refunded"
+    );
     assert_eq!(c.seller_balance().await, 4_000);
 }
 
@@ -134,29 +164,64 @@ async fn an_expired_escrow_is_refunded_but_not_while_disputed() {
     let c = clocked().await;
     let plain = c.escrow(1_000, Duration::days(5), Duration::days(5)).await;
     let disputed = c.escrow(2_000, Duration::days(5), Duration::days(5)).await;
-    let raised = c.app.post(&format!("/v1/escrows/{disputed}/disputes"), &c.seller_token, json!({"reason": "no"})).await;
+    let raised = c
+        .app
+        .post(
+            &format!("/v1/escrows/{disputed}/disputes"),
+            &c.seller_token,
+            json!({"reason": "no"}),
+        )
+        .await;
     assert_eq!(raised.status, StatusCode::OK);
     c.clock.advance(Duration::days(6));
     c.tick().await;
     // Release and refund fall due at the same moment: exactly one of them pays out.
     let paid = c.count("EscrowReleased", plain).await + c.count("EscrowRefunded", plain).await;
     assert_eq!(paid, 1);
-    assert_eq!(c.count("EscrowReleased", disputed).await + c.count("EscrowRefunded", disputed).await, 0, "a dispute freezes it");
-    let buyer = c.app.wallet_view(c.buyer_wallet).await["balance"].as_i64().expect("balance");
-    assert_eq!(buyer + c.seller_balance().await + 2_000, 100_000, "money conserved (2,000 still in escrow)");
+    assert_eq!(
+        c.count("EscrowReleased", disputed).await + c.count("EscrowRefunded", disputed).await,
+        0,
+        "a dispute freezes it"
+    );
+    let buyer = c.app.wallet_view(c.buyer_wallet).await["balance"]
+        .as_i64()
+        .expect("balance");
+    assert_eq!(
+        buyer + c.seller_balance().await + 2_000,
+        100_000,
+        "money conserved (2,000 still in escrow)"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_paid_order_not_shipped_in_14_days_is_cancelled_and_refunded() {
     let c = clocked().await;
     let body = json!({"seller": c.seller, "currency": "EUR", "lines": [{"sku": "a", "description": "a", "quantity": 1, "unit_price": 3_000}]});
-    let order = c.app.post("/v1/orders", &c.buyer_token, body.clone()).await.id();
+    let order = c
+        .app
+        .post("/v1/orders", &c.buyer_token, body.clone())
+        .await
+        .id();
     let shipped = c.app.post("/v1/orders", &c.buyer_token, body).await.id();
     for o in [order, shipped] {
-        let paid = c.app.post(&format!("/v1/orders/{o}/pay"), &c.buyer_token, json!({"wallet": c.buyer_wallet})).await;
+        let paid = c
+            .app
+            .post(
+                &format!("/v1/orders/{o}/pay"),
+                &c.buyer_token,
+                json!({"wallet": c.buyer_wallet}),
+            )
+            .await;
         assert_eq!(paid.status, StatusCode::OK, "{:?}", paid.body);
     }
-    let ship = c.app.post(&format!("/v1/orders/{shipped}/ship"), &c.seller_token, json!({"carrier": "c", "tracking": "t"})).await;
+    let ship = c
+        .app
+        .post(
+            &format!("/v1/orders/{shipped}/ship"),
+            &c.seller_token,
+            json!({"carrier": "c", "tracking": "t"}),
+        )
+        .await;
     assert_eq!(ship.status, StatusCode::OK);
     c.clock.advance(Duration::days(13));
     c.tick().await;
@@ -164,9 +229,19 @@ async fn a_paid_order_not_shipped_in_14_days_is_cancelled_and_refunded() {
     c.clock.advance(Duration::days(2));
     c.tick().await;
     assert_eq!(c.count("OrderCancelled", order).await, 1);
-    assert_eq!(c.count("OrderCancelled", shipped).await, 0, "a shipped order stays");
-    let buyer = c.app.wallet_view(c.buyer_wallet).await["balance"].as_i64().expect("balance");
-    assert_eq!(buyer, 100_000 - 3_000, "the unshipped order's payment came back");
+    assert_eq!(
+        c.count("OrderCancelled", shipped).await,
+        0,
+        "a shipped order stays"
+    );
+    let buyer = c.app.wallet_view(c.buyer_wallet).await["balance"]
+        .as_i64()
+        .expect("balance");
+    assert_eq!(
+        buyer,
+        100_000 - 3_000,
+        "the unshipped order's payment came back"
+    );
     assert_eq!(c.seller_balance().await, 3_000);
 }
 
@@ -176,15 +251,30 @@ async fn a_step_repeated_after_a_crash_before_it_was_marked_done_performs_nothin
     let id = c.escrow(1_500, Duration::hours(1), Duration::days(1)).await;
     c.clock.advance(Duration::hours(2));
     c.catch_up().await;
-    let due: chrono::DateTime<Utc> = sqlx::query_scalar("SELECT due_at FROM timers WHERE kind = 'escrow_release'")
-        .fetch_one(&c.app.db.pool)
-        .await
-        .expect("timer");
+    let due: chrono::DateTime<Utc> =
+        sqlx::query_scalar("SELECT due_at FROM timers WHERE kind = 'escrow_release'")
+            .fetch_one(&c.app.db.pool)
+            .await
+            .expect("timer");
     // The step commits, then the runner "crashes" before marking the timer done, twice.
-    let first = c.service().fire(processes::kind::ESCROW_RELEASE, id, due).await.expect("fire").expect("performed");
+    let first = c
+        .service()
+        .fire(processes::kind::ESCROW_RELEASE, id, due)
+        .await
+        .expect("fire")
+        .expect("performed");
     let events = c.app.event_count().await;
-    let again = c.service().fire(processes::kind::ESCROW_RELEASE, id, due).await.expect("fire").expect("performed");
-    assert_eq!((again.id, again.version), (first.id, first.version), "the repeat answers with the first step");
+    let again = c
+        .service()
+        .fire(processes::kind::ESCROW_RELEASE, id, due)
+        .await
+        .expect("fire")
+        .expect("performed");
+    assert_eq!(
+        (again.id, again.version),
+        (first.id, first.version),
+        "the repeat answers with the first step"
+    );
     assert_eq!(c.app.event_count().await, events, "and appends nothing");
     assert_eq!(c.tick().await, 1, "the timer is then settled");
     assert_eq!(c.count("EscrowReleased", id).await, 1);
@@ -196,7 +286,10 @@ async fn killing_the_process_runner_20_times_fires_every_deadline_exactly_once()
     let c = clocked().await;
     let mut escrows = Vec::new();
     for i in 0..12 {
-        escrows.push(c.escrow(1_000, Duration::minutes(10 + i), Duration::days(3)).await);
+        escrows.push(
+            c.escrow(1_000, Duration::minutes(10 + i), Duration::days(3))
+                .await,
+        );
     }
     // Every deadline passes while nothing runs.
     c.clock.advance(Duration::hours(1));
@@ -204,24 +297,43 @@ async fn killing_the_process_runner_20_times_fires_every_deadline_exactly_once()
     for _ in 0..20 {
         // A new process each time: its own cache and writers, the same database.
         let store = PgEventStore::new(c.app.db.pool.clone(), 1);
-        let service = Arc::new(CommandService::new(store, c.clock.clone(), ServiceConfig::default()));
-        let runner = tokio::spawn(processes::run(service, c.app.db.pool.clone(), std::future::pending()));
+        let service = Arc::new(CommandService::new(
+            store,
+            c.clock.clone(),
+            ServiceConfig::default(),
+        ));
+        let runner = tokio::spawn(processes::run(
+            service,
+            c.app.db.pool.clone(),
+            std::future::pending(),
+        ));
         tokio::time::sleep(std::time::Duration::from_millis(rng.gen_range(0..25))).await;
         runner.abort();
         let _ = runner.await;
     }
     let store = PgEventStore::new(c.app.db.pool.clone(), 1);
-    let service = Arc::new(CommandService::new(store, c.clock.clone(), ServiceConfig::default()));
-    let runner = tokio::spawn(processes::run(service, c.app.db.pool.clone(), std::future::pending()));
+    let service = Arc::new(CommandService::new(
+        store,
+        c.clock.clone(),
+        ServiceConfig::default(),
+    ));
+    let runner = tokio::spawn(processes::run(
+        service,
+        c.app.db.pool.clone(),
+        std::future::pending(),
+    ));
     for _ in 0..200 {
-        let open: i64 = sqlx::query_scalar("SELECT count(*) FROM timers WHERE done_at IS NULL AND kind = 'escrow_release'")
-            .fetch_one(&c.app.db.pool)
-            .await
-            .expect("timers");
-        let scheduled: i64 = sqlx::query_scalar("SELECT count(*) FROM timers WHERE kind = 'escrow_release'")
-            .fetch_one(&c.app.db.pool)
-            .await
-            .expect("timers");
+        let open: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM timers WHERE done_at IS NULL AND kind = 'escrow_release'",
+        )
+        .fetch_one(&c.app.db.pool)
+        .await
+        .expect("timers");
+        let scheduled: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM timers WHERE kind = 'escrow_release'")
+                .fetch_one(&c.app.db.pool)
+                .await
+                .expect("timers");
         if scheduled == 12 && open == 0 {
             break;
         }
@@ -229,7 +341,11 @@ async fn killing_the_process_runner_20_times_fires_every_deadline_exactly_once()
     }
     runner.abort();
     for e in &escrows {
-        assert_eq!(c.count("EscrowReleased", *e).await, 1, "escrow {e} released exactly once");
+        assert_eq!(
+            c.count("EscrowReleased", *e).await,
+            1,
+            "escrow {e} released exactly once"
+        );
     }
     assert_eq!(c.seller_balance().await, 12_000);
 }
@@ -239,13 +355,34 @@ async fn a_firmware_update_not_reported_in_24_hours_is_marked_failed() {
     let c = clocked().await;
     let device = c
         .app
-        .post("/v1/devices", &c.seller_token, json!({"serial": "SN-24H", "model": "m", "firmware_version": "1.0"}))
+        .post(
+            "/v1/devices",
+            &c.seller_token,
+            json!({"serial": "SN-24H", "model": "m", "firmware_version": "1.0"}),
+        )
         .await;
     assert_eq!(device.status, StatusCode::CREATED, "{:?}", device.body);
     let id = device.id();
-    assert_eq!(c.app.post(&format!("/v1/devices/{id}/activate"), &c.seller_token, json!({})).await.status, StatusCode::OK);
+    assert_eq!(
+        c.app
+            .post(
+                &format!("/v1/devices/{id}/activate"),
+                &c.seller_token,
+                json!({})
+            )
+            .await
+            .status,
+        StatusCode::OK
+    );
     let update = json!({"target_version": "2.0", "artifact_url": "https://example.com/fw.bin", "sha256": "a".repeat(64)});
-    let scheduled = c.app.post(&format!("/v1/devices/{id}/firmware"), &c.seller_token, update).await;
+    let scheduled = c
+        .app
+        .post(
+            &format!("/v1/devices/{id}/firmware"),
+            &c.seller_token,
+            update,
+        )
+        .await;
     assert_eq!(scheduled.status, StatusCode::OK, "{:?}", scheduled.body);
     c.clock.advance(Duration::hours(23));
     c.tick().await;
@@ -254,4 +391,141 @@ async fn a_firmware_update_not_reported_in_24_hours_is_marked_failed() {
     assert_eq!(c.tick().await, 1);
     assert_eq!(c.count("FirmwareUpdateFailed", id).await, 1);
     assert_eq!(c.tick().await, 0, "once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pot_closes_at_closes_at_and_then_takes_no_contribution() {
+    let c = clocked().await;
+    let (beneficiary, _) = c.app.customer("deadline-beneficiary").await;
+    let closes_at = (c.clock_now() + Duration::days(2)).to_rfc3339();
+    let pot = c
+        .app
+        .post("/v1/pots", &c.buyer_token, json!({"beneficiary": beneficiary, "title": "Gift", "currency": "EUR", "closes_at": closes_at, "visibility": "public"}))
+        .await;
+    assert_eq!(pot.status, StatusCode::CREATED, "{:?}", pot.body);
+    let id = pot.id();
+    c.tick().await;
+    assert_eq!(c.count("PotClosed", id).await, 0);
+    c.clock.advance(Duration::days(2) + Duration::seconds(1));
+    assert_eq!(c.tick().await, 1);
+    assert_eq!(c.count("PotClosed", id).await, 1);
+    let late = c
+        .app
+        .post(
+            &format!("/v1/pots/{id}/contributions"),
+            &c.buyer_token,
+            json!({"wallet": c.buyer_wallet, "amount": 10}),
+        )
+        .await;
+    assert_eq!(
+        late.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{:?}",
+        late.body
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn closing_an_account_closes_its_wallets_and_decommissions_its_devices() {
+    let c = clocked().await;
+    let (account, token) = c.app.customer("leaving").await;
+    let eur = c.app.wallet(&token, "EUR").await;
+    let usd = c.app.wallet(&token, "USD").await;
+    let device = c
+        .app
+        .post(
+            "/v1/devices",
+            &token,
+            json!({"serial": "SN-LEAVE", "model": "m", "firmware_version": "1"}),
+        )
+        .await
+        .id();
+    // Obligations first: money in a wallet, a funded escrow, an open pot.
+    c.app.deposit(eur, 500).await;
+    let close_path = format!("/v1/accounts/{account}/close");
+    let close = |reason: &'static str| c.app.post(&close_path, &token, json!({"reason": reason}));
+    let refused = close("bye").await;
+    assert_eq!(
+        refused.body["code"], "account_has_obligations",
+        "{:?}",
+        refused.body
+    );
+    let withdrawn = c
+        .app
+        .post(
+            &format!("/v1/wallets/{eur}/withdrawals"),
+            &token,
+            json!({"amount": 200, "external_ref": "out-1"}),
+        )
+        .await;
+    assert_eq!(withdrawn.status, StatusCode::OK);
+    let body = json!({"buyer_wallet": eur, "seller": c.seller, "amount": 300, "terms": "t", "expires_at": (c.clock_now() + Duration::days(1)).to_rfc3339()});
+    let escrow = c.app.post("/v1/escrows", &token, body).await.id();
+    assert_eq!(
+        c.app
+            .post(&format!("/v1/escrows/{escrow}/fund"), &token, json!({}))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        close("bye").await.body["code"],
+        "account_has_obligations",
+        "a funded escrow"
+    );
+    assert_eq!(
+        c.app
+            .post(
+                &format!("/v1/escrows/{escrow}/refund"),
+                &c.seller_token,
+                json!({})
+            )
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let withdrawn = c
+        .app
+        .post(
+            &format!("/v1/wallets/{eur}/withdrawals"),
+            &token,
+            json!({"amount": 300, "external_ref": "out-2"}),
+        )
+        .await;
+    assert_eq!(withdrawn.status, StatusCode::OK);
+    let (friend, _) = c.app.customer("leaving-friend").await;
+    let pot = c
+        .app
+        .post("/v1/pots", &token, json!({"beneficiary": friend, "title": "t", "currency": "EUR", "closes_at": (c.clock_now() + Duration::days(3)).to_rfc3339(), "visibility": "public"}))
+        .await
+        .id();
+    assert_eq!(
+        close("bye").await.body["code"],
+        "account_has_obligations",
+        "an open pot"
+    );
+    assert_eq!(
+        c.app
+            .post(
+                &format!("/v1/pots/{pot}/cancel"),
+                &token,
+                json!({"reason": "never mind"})
+            )
+            .await
+            .status,
+        StatusCode::OK
+    );
+
+    let closed = close("bye").await;
+    assert_eq!(closed.status, StatusCode::OK, "{:?}", closed.body);
+    c.tick().await;
+    for w in [eur, usd] {
+        assert_eq!(
+            c.count("WalletClosed", w).await,
+            1,
+            "wallet {w} closed once"
+        );
+    }
+    assert_eq!(c.count("DeviceDecommissioned", device).await, 1);
+    assert_eq!(c.tick().await, 0, "the cascade ran once");
 }
