@@ -1,5 +1,6 @@
-//! A proptest state machine across the money flows between wallets, orders and escrows:
-//! after every step, money is conserved (wallets + funded escrows = deposits - withdrawals),
+//! A proptest state machine across the money flows between wallets, orders, escrows and pots
+//! (pot money not yet paid out or refunded counts as held):
+//! after every step, money is conserved (wallets + funded escrows + pots = deposits - withdrawals),
 //! no `available` is negative, an escrow pays out at most once, and refunds never exceed what
 //! was paid.
 
@@ -9,10 +10,12 @@ use commands::accounts::OpenAccount;
 use commands::escrows::{EscrowAction, OpenEscrow};
 use commands::orders::{OrderAction, PlaceOrder};
 use commands::pg::PgEventStore;
+use commands::pots::{CreatePot, PotAction};
 use commands::wallets::{Transfer, WalletAction};
 use commands::{Actor, CommandError, CommandService, Envelope, Role, ServiceConfig, SystemClock};
 use domain::escrow::EscrowStatus;
 use domain::order::OrderLine;
+use domain::pot::Visibility;
 use proptest::prelude::*;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -44,6 +47,14 @@ enum Op {
     RefundEscrow(usize),
     Dispute(usize, bool),
     Resolve(usize, i64),
+    Pot {
+        owner: usize,
+        beneficiary: usize,
+    },
+    Contribute(usize, usize, i64),
+    ClosePot(usize),
+    PayOut(usize),
+    CancelPot(usize),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -63,7 +74,12 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0..6_usize).prop_map(Op::Release),
         1 => (0..6_usize).prop_map(Op::RefundEscrow),
         1 => (0..6_usize, any::<bool>()).prop_map(|(e, s)| Op::Dispute(e, s)),
-        1 => (0..6_usize, money).prop_map(|(e, a)| Op::Resolve(e, a)),
+        1 => (0..6_usize, money.clone()).prop_map(|(e, a)| Op::Resolve(e, a)),
+        1 => (0..PEOPLE, 0..PEOPLE).prop_map(|(owner, beneficiary)| Op::Pot { owner, beneficiary }),
+        2 => (0..6_usize, 0..PEOPLE, money).prop_map(|(p, w, a)| Op::Contribute(p, w, a)),
+        1 => (0..6_usize).prop_map(Op::ClosePot),
+        1 => (0..6_usize).prop_map(Op::PayOut),
+        1 => (0..6_usize).prop_map(Op::CancelPot),
     ]
 }
 
@@ -82,6 +98,7 @@ struct World {
     wallets: Vec<Uuid>,
     orders: Vec<(Uuid, usize, usize)>,
     escrows: Vec<(Uuid, usize, usize)>,
+    pots: Vec<(Uuid, usize)>,
     net: i64,
 }
 
@@ -95,6 +112,7 @@ impl World {
             wallets: vec![],
             orders: vec![],
             escrows: vec![],
+            pots: vec![],
             net: 0,
         };
         for i in 0..PEOPLE {
@@ -273,6 +291,41 @@ impl World {
                     _ => return Ok(()),
                 };
             }
+            Op::Pot { owner, beneficiary } => {
+                let create = CreatePot {
+                    beneficiary: self.accounts[beneficiary],
+                    title: "t".into(),
+                    currency: "EUR".into(),
+                    target_amount: None,
+                    closes_at: Utc::now() + Duration::days(1 + self.pots.len() as i64),
+                    visibility: Visibility::Public,
+                };
+                let id = svc.create_pot(&self.me(owner), create).await?.id;
+                self.pots.push((id, owner));
+            }
+            Op::Contribute(i, who, amount) => {
+                let Some(&(id, _)) = self.pots.get(i) else {
+                    return Ok(());
+                };
+                let action = PotAction::Contribute {
+                    wallet: self.wallets[who],
+                    amount,
+                    message: None,
+                    anonymous: who == 0,
+                };
+                svc.pot_command(&self.me(who), id, action).await?;
+            }
+            Op::ClosePot(i) | Op::PayOut(i) | Op::CancelPot(i) => {
+                let Some(&(id, owner)) = self.pots.get(i) else {
+                    return Ok(());
+                };
+                let action = match *op {
+                    Op::ClosePot(_) => PotAction::Close,
+                    Op::PayOut(_) => PotAction::PayOut,
+                    _ => PotAction::Cancel { reason: "r".into() },
+                };
+                svc.pot_command(&self.me(owner), id, action).await?;
+            }
         }
         Ok(())
     }
@@ -319,9 +372,14 @@ impl World {
                 }
             }
         }
+        for (id, _) in &self.pots {
+            let p = self.svc.get_pot(&admin, *id).await.expect("pot").pot.state;
+            assert!(p.held() >= 0, "a pot holds negative money: {p:?}");
+            total += p.held();
+        }
         assert_eq!(
             total, self.net,
-            "wallets + funded escrows = deposits - withdrawals"
+            "wallets + funded escrows + pot money = deposits - withdrawals"
         );
         let twice: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM (SELECT stream_id FROM events WHERE event_type IN \
@@ -335,7 +393,7 @@ impl World {
 }
 
 #[test]
-fn money_is_conserved_across_wallets_orders_and_escrows() {
+fn money_is_conserved_across_wallets_orders_escrows_and_pots() {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -377,7 +435,7 @@ fn money_is_conserved_across_wallets_orders_and_escrows() {
                 }
                 world.check().await;
             }
-            println!("case {n}: {ok} of {} steps succeeded, {} orders, {} escrows", ops.len(), world.orders.len(), world.escrows.len());
+            println!("case {n}: {ok} of {} steps succeeded, {} orders, {} escrows, {} pots", ops.len(), world.orders.len(), world.escrows.len(), world.pots.len());
         });
     });
 }
