@@ -145,7 +145,11 @@ impl CommandService {
     /// pot of that beneficiary and date is still open. Claims are never released, so a pot
     /// that is no longer open passes the slot on to a next key (`#2`, `#3`, ...); two creators
     /// racing for the same slot compute the same key and the second one's claim fails.
-    async fn pot_slot(&self, beneficiary: Uuid, date: NaiveDate) -> Result<String, CommandError> {
+    pub(crate) async fn pot_slot(
+        &self,
+        beneficiary: Uuid,
+        date: NaiveDate,
+    ) -> Result<String, CommandError> {
         let base = format!("{beneficiary}:{date}");
         let taken = self.store.claims_with_prefix(POT_SCOPE, &base).await?;
         for claim in &taken {

@@ -10,14 +10,16 @@
 
 use crate::service::{Actor, CommandError, CommandService, Envelope, Refusal, Role};
 use crate::store::{EventStore, StoreError};
-use crate::unit::{change, Decision, Locks, Unit};
-use chrono::{DateTime, Duration, Utc};
+use crate::unit::{change, ClaimSpec, Decision, Locks, OnTaken, Unit};
+use chrono::{DateTime, Datelike, Duration, NaiveDate, Utc};
+use domain::account::{Account, AccountStatus};
 use domain::device::{Device, DeviceCommand};
 use domain::escrow::{Escrow, EscrowCommand, Party};
 use domain::order::CancelledBy;
-use domain::pot::{Pot, PotCommand};
+use domain::pot::{Pot, PotCommand, Visibility};
 use domain::wallet::{MoneyReason, Wallet, WalletCommand};
 use domain::Amount;
+use domain::Currency;
 use schemas::Cursor;
 use sqlx::PgPool;
 use std::sync::Arc;
@@ -44,6 +46,8 @@ pub mod kind {
     pub const FIRMWARE_TIMEOUT: &str = "firmware_timeout";
     /// Close a closed account's wallets and decommission its devices.
     pub const ACCOUNT_CLOSURE: &str = "account_closure";
+    /// Create an opted-in account's birthday pot 30 days before its birthday (recurring).
+    pub const BIRTHDAY_POT: &str = "birthday_pot";
 }
 
 /// A timer the scheduler derived from an event.
@@ -94,6 +98,13 @@ pub fn timers_for(event: &schemas::RecordedEvent) -> Vec<Timer> {
             .into_iter()
             .collect(),
         "AccountClosed" => vec![timer(kind::ACCOUNT_CLOSURE, event.metadata.occurred_at)],
+        // The birthday process looks at the account when it fires and plans its next run.
+        "AccountOpened" if !p.get("birth_date").is_none_or(|b| b.is_null()) => {
+            vec![timer(kind::BIRTHDAY_POT, event.metadata.occurred_at)]
+        }
+        "ProfileUpdated" if !p.get("preferences").is_none_or(|b| b.is_null()) => {
+            vec![timer(kind::BIRTHDAY_POT, event.metadata.occurred_at)]
+        }
         "FirmwareUpdateScheduled" => at(p, "scheduled_at")
             .map(|d| {
                 timer(
@@ -187,6 +198,28 @@ pub async fn fire_due(
                 continue;
             }
         };
+        if kind == kind::BIRTHDAY_POT {
+            let next = match service.next_birthday_pot(id, now).await {
+                Ok(next) => next,
+                Err(e) => {
+                    tracing::warn!(error = %e, %id, "cannot plan the next birthday pot; retried");
+                    continue;
+                }
+            };
+            if let Some(next) = next {
+                // A recurring timer: it moves to its next due time instead of ending.
+                sqlx::query("UPDATE timers SET due_at = $4, outcome = $5 WHERE kind = $1 AND aggregate_id = $2 AND due_at = $3")
+                    .bind(&kind)
+                    .bind(id)
+                    .bind(due_at)
+                    .bind(next)
+                    .bind(&outcome)
+                    .execute(pool)
+                    .await?;
+                settled += 1;
+                continue;
+            }
+        }
         sqlx::query("UPDATE timers SET done_at = now(), outcome = $4 WHERE kind = $1 AND aggregate_id = $2 AND due_at = $3")
             .bind(&kind)
             .bind(id)
@@ -326,6 +359,7 @@ impl CommandService {
             }
             kind::ORDER_UNSHIPPED => self.cancel_unshipped(&env, id).await.map(Some),
             kind::ACCOUNT_CLOSURE => self.closure_cascade(&env, id).await.map(Some),
+            kind::BIRTHDAY_POT => self.birthday_pot(&env, id).await.map(Some),
             kind::POT_CLOSE => {
                 let locks = Locks::default().existing::<Pot>(id);
                 self.run_unit(&env, unit, locks, |locked| {
@@ -433,6 +467,122 @@ impl CommandService {
         }))
     }
 
+    /// The birthday that an opted-in, active account's next pot is for (`None`: no pot to
+    /// plan), looking from `today`.
+    async fn birthday_for(
+        &self,
+        account: Uuid,
+        today: NaiveDate,
+    ) -> Result<Option<(Account, NaiveDate)>, CommandError> {
+        let a = self.accounts.read(self.store.as_ref(), account).await?;
+        let opted = a.state.preferences.birthday_pot == Some(true);
+        match a.state.birth_date {
+            Some(birth) if opted && a.state.status == AccountStatus::Active => {
+                Ok(next_birthday(birth, today).map(|b| (a.state, b)))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// When the birthday process of `account` runs next, if it still has something to do.
+    pub async fn next_birthday_pot(
+        &self,
+        account: Uuid,
+        now: DateTime<Utc>,
+    ) -> Result<Option<DateTime<Utc>>, CommandError> {
+        let today = now.date_naive();
+        let Some((_, birthday)) = self.birthday_for(account, today).await? else {
+            return Ok(None);
+        };
+        let due = midnight(birthday - Duration::days(BIRTHDAY_POT_DAYS));
+        if due > now {
+            return Ok(Some(due));
+        }
+        // This year's pot is made: next year's.
+        Ok(next_birthday(birthday, birthday)
+            .map(|b| midnight(b - Duration::days(BIRTHDAY_POT_DAYS))))
+    }
+
+    /// Creates the account's public birthday pot, closing at the end of the birthday, when the
+    /// birthday is at most 30 days away; the pot is in the currency of the account's first
+    /// wallet.
+    async fn birthday_pot(
+        &self,
+        env: &Envelope,
+        account: Uuid,
+    ) -> Result<crate::CommandResult, CommandError> {
+        let now = self.clock.now();
+        let not_now = |why: &str| CommandError::from(Refusal::new(422, "not_due", why));
+        let Some((a, birthday)) = self.birthday_for(account, now.date_naive()).await? else {
+            return Err(not_now("the account does not want a birthday pot"));
+        };
+        if now < midnight(birthday - Duration::days(BIRTHDAY_POT_DAYS)) {
+            return Err(not_now("the birthday is more than 30 days away"));
+        }
+        let wallets = self
+            .store
+            .claims_with_prefix(crate::wallets::WALLET_SCOPE, &format!("{account}:"))
+            .await?;
+        let currency = wallets
+            .first()
+            .and_then(|c| c.key.rsplit(':').next())
+            .and_then(|code| Currency::parse("currency", code).ok())
+            .ok_or_else(|| not_now("the account has no wallet to name a currency"))?;
+        let slot = match self.pot_slot(account, birthday).await {
+            Ok(slot) => slot,
+            // The account already has an open pot closing that day.
+            Err(CommandError::Refused(r)) => {
+                return Err(Refusal::new(422, "not_due", r.detail).into())
+            }
+            Err(e) => return Err(e),
+        };
+        let id = Uuid::now_v7();
+        let closes_at = midnight(birthday) + Duration::days(1) - Duration::seconds(1);
+        let title = match &a.display_name {
+            Some(name) => format!("{name}'s birthday"),
+            None => "Birthday".to_owned(),
+        };
+        let create = PotCommand::Create {
+            pot_id: id,
+            owner: account,
+            beneficiary: account,
+            title: title.chars().take(200).collect(),
+            currency,
+            target_amount: None,
+            closes_at,
+            visibility: Visibility::Public,
+            now,
+        };
+        let raced = Refusal::new(409, "concurrency_conflict", "try again");
+        let claims = vec![
+            ClaimSpec {
+                scope: crate::pots::POT_SCOPE,
+                key: slot,
+                stream: id,
+                on_taken: OnTaken::Refuse(raced.clone()),
+            },
+            ClaimSpec {
+                scope: crate::accounts::OBLIGATION_SCOPE,
+                key: format!("{account}:pot:{id}"),
+                stream: id,
+                on_taken: OnTaken::Refuse(raced),
+            },
+        ];
+        let unit = Unit {
+            role: Role::System,
+            primary: id,
+            created: true,
+        };
+        self.run_unit(env, unit, Locks::default().new_aggregate::<Pot>(id), |_| {
+            Ok(Decision {
+                changes: vec![change::<Pot>(id, create.clone())],
+                claims: claims.clone(),
+                result_id: None,
+            })
+        })
+        .await
+    }
+
     /// The 14-day process: a paid order not shipped is cancelled and refunded.
     async fn cancel_unshipped(
         &self,
@@ -467,4 +617,22 @@ impl CommandService {
         )
         .await
     }
+}
+
+/// How many days before a birthday its pot is created.
+pub const BIRTHDAY_POT_DAYS: i64 = 30;
+
+fn midnight(day: NaiveDate) -> DateTime<Utc> {
+    day.and_hms_opt(0, 0, 0)
+        .map_or_else(Utc::now, |d| d.and_utc())
+}
+
+/// The first birthday strictly after `after` of someone born on `birth` (29 February falls on
+/// 28 February in other years).
+pub fn next_birthday(birth: NaiveDate, after: NaiveDate) -> Option<NaiveDate> {
+    (after.year()..=after.year() + 1).find_map(|year| {
+        let day = NaiveDate::from_ymd_opt(year, birth.month(), birth.day())
+            .or_else(|| NaiveDate::from_ymd_opt(year, 2, 28))?;
+        (day > after).then_some(day)
+    })
 }

@@ -529,3 +529,77 @@ async fn closing_an_account_closes_its_wallets_and_decommissions_its_devices() {
     assert_eq!(c.count("DeviceDecommissioned", device).await, 1);
     assert_eq!(c.tick().await, 0, "the cascade ran once");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_opted_in_account_gets_a_public_birthday_pot_30_days_ahead_every_year() {
+    let c = clocked().await;
+    let today = c.clock_now().date_naive();
+    let birthday = today + Duration::days(40);
+    // 30 years earlier; a 29 February birthday moves to the 28th to stay a date.
+    let birth_date = chrono::NaiveDate::from_ymd_opt(
+        chrono::Datelike::year(&birthday) - 30,
+        chrono::Datelike::month(&birthday),
+        chrono::Datelike::day(&birthday).min(28),
+    )
+    .expect("a date");
+    let birthday = chrono::NaiveDate::from_ymd_opt(
+        chrono::Datelike::year(&birthday),
+        chrono::Datelike::month(&birthday),
+        chrono::Datelike::day(&birth_date),
+    )
+    .expect("a date");
+    let token = c.app.token("birthday-kid", &[commands::Role::Customer]);
+    let opened = c
+        .app
+        .post(
+            "/v1/accounts",
+            &token,
+            json!({"email": "kid@example.com", "display_name": "Kid", "birth_date": birth_date}),
+        )
+        .await;
+    assert_eq!(opened.status, StatusCode::CREATED, "{:?}", opened.body);
+    let account = opened.id();
+    c.app.wallet(&token, "EUR").await;
+    let pots = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM events WHERE event_type = 'PotCreated' AND payload->>'beneficiary' = $1")
+            .bind(account.to_string())
+            .fetch_one(&c.app.db.pool)
+            .await
+            .expect("pots")
+    };
+    c.tick().await;
+    assert_eq!(pots().await, 0, "not opted in");
+    let opt_in = c
+        .app
+        .send(
+            axum::http::Method::PATCH,
+            &format!("/v1/accounts/{account}/profile"),
+            Some(&token),
+            Some(json!({"preferences": {"birthday_pot": true}})),
+            &[],
+        )
+        .await;
+    assert_eq!(opt_in.status, StatusCode::OK, "{:?}", opt_in.body);
+    c.tick().await;
+    assert_eq!(pots().await, 0, "the birthday is 40 days away");
+    c.clock.advance(Duration::days(11));
+    c.tick().await;
+    assert_eq!(pots().await, 1, "created 30 days ahead");
+    let (closes_at, visibility): (String, String) = sqlx::query_as(
+        "SELECT payload->>'closes_at', payload->>'visibility' FROM events WHERE event_type = 'PotCreated' AND payload->>'beneficiary' = $1",
+    )
+    .bind(account.to_string())
+    .fetch_one(&c.app.db.pool)
+    .await
+    .expect("the pot");
+    assert!(
+        closes_at.starts_with(&birthday.to_string()),
+        "{closes_at} closes on {birthday}"
+    );
+    assert_eq!(visibility, "public");
+    c.tick().await;
+    assert_eq!(pots().await, 1, "once a year");
+    c.clock.advance(Duration::days(366));
+    c.tick().await;
+    assert_eq!(pots().await, 2, "and again the next year");
+}
