@@ -292,8 +292,13 @@ impl Server {
             .append(true)
             .open(log)
             .with_context(|| format!("cannot open {}", log.display()))?;
+        let mut args = vec!["serve".to_owned(), "--listen".to_owned(), addr.clone()];
+        // BENCH_SERVER_ROLES (e.g. `api`) runs only some parts of the server.
+        if let Ok(roles) = std::env::var("BENCH_SERVER_ROLES") {
+            args.extend(["--roles".to_owned(), roles]);
+        }
         let child = Command::new(bin)
-            .args(["serve", "--listen", &addr])
+            .args(&args)
             .env("DATABASE_URL", database_url)
             .env("CHRONICLE_JWT_SECRET", secret)
             .stdin(Stdio::null())

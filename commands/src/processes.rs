@@ -9,7 +9,7 @@
 //! Chronicle was down is simply due when it comes back.
 
 use crate::service::{Actor, CommandError, CommandService, Envelope, Refusal, Role};
-use crate::store::{EventStore, StoreError};
+use crate::store::StoreError;
 use crate::unit::{change, ClaimSpec, Decision, Locks, OnTaken, Unit};
 use chrono::{DateTime, Datelike, Duration, NaiveDate, Utc};
 use domain::account::{Account, AccountStatus};
@@ -71,14 +71,16 @@ fn at(payload: &serde_json::Value, field: &str) -> Option<DateTime<Utc>> {
 
 /// The timers an event starts.
 pub fn timers_for(event: &schemas::RecordedEvent) -> Vec<Timer> {
-    let id = event.stream_id;
-    let p = &event.payload;
+    timers_of(event.stream_id, &event.event_type, &event.payload, event.metadata.occurred_at)
+}
+
+fn timers_of(id: Uuid, event_type: &str, p: &serde_json::Value, occurred_at: DateTime<Utc>) -> Vec<Timer> {
     let timer = |kind, due_at| Timer {
         kind,
         aggregate_id: id,
         due_at,
     };
-    match event.event_type.as_str() {
+    match event_type {
         "EscrowOpened" => {
             let mut t = Vec::new();
             if let Some(r) = at(p, "release_after") {
@@ -97,13 +99,13 @@ pub fn timers_for(event: &schemas::RecordedEvent) -> Vec<Timer> {
             .map(|d| timer(kind::POT_CLOSE, d))
             .into_iter()
             .collect(),
-        "AccountClosed" => vec![timer(kind::ACCOUNT_CLOSURE, event.metadata.occurred_at)],
+        "AccountClosed" => vec![timer(kind::ACCOUNT_CLOSURE, occurred_at)],
         // The birthday process looks at the account when it fires and plans its next run.
         "AccountOpened" if !p.get("birth_date").is_none_or(|b| b.is_null()) => {
-            vec![timer(kind::BIRTHDAY_POT, event.metadata.occurred_at)]
+            vec![timer(kind::BIRTHDAY_POT, occurred_at)]
         }
         "ProfileUpdated" if !p.get("preferences").is_none_or(|b| b.is_null()) => {
-            vec![timer(kind::BIRTHDAY_POT, event.metadata.occurred_at)]
+            vec![timer(kind::BIRTHDAY_POT, occurred_at)]
         }
         "FirmwareUpdateScheduled" => at(p, "scheduled_at")
             .map(|d| {
@@ -118,46 +120,67 @@ pub fn timers_for(event: &schemas::RecordedEvent) -> Vec<Timer> {
     }
 }
 
+/// The event types that start a deadline (see `timers_for`).
+const SCHEDULING_EVENTS: &[&str] = &[
+    "EscrowOpened",
+    "OrderPaid",
+    "PotCreated",
+    "FirmwareUpdateScheduled",
+    "AccountClosed",
+    "AccountOpened",
+    "ProfileUpdated",
+];
+
+type ScheduleRow = (i64, i64, Uuid, String, Option<serde_json::Value>, DateTime<Utc>);
+
 /// Schedules the timers of up to `batch` new events; returns how many events it read.
-pub async fn schedule_step(
-    store: &dyn EventStore,
-    pool: &PgPool,
-    batch: i64,
-) -> Result<usize, StoreError> {
+///
+/// It follows the reading rule of `EventStore::read_all` (final rows only, in (tx, position)
+/// order, resumed from a (tx, position) cursor), but fetches the payload only of the few event
+/// types that start a deadline: the scheduler tails every event and should cost the log little.
+pub async fn schedule_step(pool: &PgPool, batch: i64) -> Result<usize, StoreError> {
     let mut tx = pool.begin().await?;
     sqlx::query("INSERT INTO process_checkpoints (name, tx, position) VALUES ($1, 0, 0) ON CONFLICT DO NOTHING")
         .bind(SCHEDULER)
         .execute(&mut *tx)
         .await?;
     // The row lock makes one scheduler at a time across processes.
-    let (ctx, cpos): (i64, i64) =
-        sqlx::query_as("SELECT tx, position FROM process_checkpoints WHERE name = $1 FOR UPDATE")
-            .bind(SCHEDULER)
-            .fetch_one(&mut *tx)
-            .await?;
-    let events = store
-        .read_all(
-            Cursor {
-                tx: ctx,
-                position: cpos,
-            },
-            batch,
-        )
+    let (ctx, cpos): (i64, i64) = sqlx::query_as("SELECT tx, position FROM process_checkpoints WHERE name = $1 FOR UPDATE")
+        .bind(SCHEDULER)
+        .fetch_one(&mut *tx)
         .await?;
-    let Some(last) = events.last().map(|e| e.cursor()) else {
+    let rows: Vec<ScheduleRow> = sqlx::query_as(
+        "SELECT tx, position, stream_id, event_type, \
+                CASE WHEN event_type = ANY($4) THEN payload END, occurred_at \
+         FROM events \
+         WHERE (tx, position) > ($1, $2) \
+           AND tx < pg_snapshot_xmin(pg_current_snapshot())::text::bigint \
+         ORDER BY tx, position LIMIT $3",
+    )
+    .bind(ctx)
+    .bind(cpos)
+    .bind(batch)
+    .bind(SCHEDULING_EVENTS)
+    .fetch_all(&mut *tx)
+    .await?;
+    let Some(last) = rows.last().map(|r| Cursor { tx: r.0, position: r.1 }) else {
         tx.rollback().await?;
         return Ok(0);
     };
-    for timer in events.iter().flat_map(timers_for) {
-        sqlx::query(
-            "INSERT INTO timers (kind, aggregate_id, due_at) VALUES ($1, $2, $3) \
-             ON CONFLICT (kind, aggregate_id) DO UPDATE SET due_at = EXCLUDED.due_at, done_at = NULL, outcome = NULL",
-        )
-        .bind(timer.kind)
-        .bind(timer.aggregate_id)
-        .bind(timer.due_at)
-        .execute(&mut *tx)
-        .await?;
+    let read = rows.len();
+    for (_, _, stream_id, event_type, payload, occurred_at) in rows {
+        let Some(payload) = payload else { continue };
+        for timer in timers_of(stream_id, &event_type, &payload, occurred_at) {
+            sqlx::query(
+                "INSERT INTO timers (kind, aggregate_id, due_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (kind, aggregate_id) DO UPDATE SET due_at = EXCLUDED.due_at, done_at = NULL, outcome = NULL",
+            )
+            .bind(timer.kind)
+            .bind(timer.aggregate_id)
+            .bind(timer.due_at)
+            .execute(&mut *tx)
+            .await?;
+        }
     }
     sqlx::query("UPDATE process_checkpoints SET tx = $2, position = $3 WHERE name = $1")
         .bind(SCHEDULER)
@@ -166,7 +189,7 @@ pub async fn schedule_step(
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
-    Ok(events.len())
+    Ok(read)
 }
 
 /// Fires up to `batch` timers due at `now`; returns how many it settled.
@@ -241,7 +264,7 @@ pub async fn run(
     tokio::pin!(shutdown);
     loop {
         let mut busy = false;
-        match schedule_step(service.store().as_ref(), &pool, 500).await {
+        match schedule_step(&pool, 5_000).await {
             Ok(n) => busy |= n > 0,
             Err(e) => tracing::warn!(error = %e, "the deadline scheduler failed; retrying"),
         }
@@ -249,11 +272,9 @@ pub async fn run(
             Ok(n) => busy |= n > 0,
             Err(e) => tracing::warn!(error = %e, "the deadline runner failed; retrying"),
         }
-        let pause = if busy {
-            std::time::Duration::from_millis(10)
-        } else {
-            std::time::Duration::from_millis(500)
-        };
+        // Deadlines need no millisecond precision: a few rounds a second keep the scheduler's own
+        // commits (one per round) off the log's hot path.
+        let pause = std::time::Duration::from_millis(if busy { 100 } else { 500 });
         tokio::select! {
             () = &mut shutdown => return,
             () = tokio::time::sleep(pause) => {}

@@ -88,7 +88,7 @@ impl Clocked {
     /// other tests' transactions share the cluster: wait until the scheduler has read all.
     async fn catch_up(&self) {
         for _ in 0..500 {
-            schedule_step(self.service().store().as_ref(), &self.app.db.pool, 100)
+            schedule_step(&self.app.db.pool, 100)
                 .await
                 .expect("schedule");
             let behind: i64 = sqlx::query_scalar(
