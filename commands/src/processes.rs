@@ -71,10 +71,20 @@ fn at(payload: &serde_json::Value, field: &str) -> Option<DateTime<Utc>> {
 
 /// The timers an event starts.
 pub fn timers_for(event: &schemas::RecordedEvent) -> Vec<Timer> {
-    timers_of(event.stream_id, &event.event_type, &event.payload, event.metadata.occurred_at)
+    timers_of(
+        event.stream_id,
+        &event.event_type,
+        &event.payload,
+        event.metadata.occurred_at,
+    )
 }
 
-fn timers_of(id: Uuid, event_type: &str, p: &serde_json::Value, occurred_at: DateTime<Utc>) -> Vec<Timer> {
+fn timers_of(
+    id: Uuid,
+    event_type: &str,
+    p: &serde_json::Value,
+    occurred_at: DateTime<Utc>,
+) -> Vec<Timer> {
     let timer = |kind, due_at| Timer {
         kind,
         aggregate_id: id,
@@ -131,7 +141,14 @@ const SCHEDULING_EVENTS: &[&str] = &[
     "ProfileUpdated",
 ];
 
-type ScheduleRow = (i64, i64, Uuid, String, Option<serde_json::Value>, DateTime<Utc>);
+type ScheduleRow = (
+    i64,
+    i64,
+    Uuid,
+    String,
+    Option<serde_json::Value>,
+    DateTime<Utc>,
+);
 
 /// Schedules the timers of up to `batch` new events; returns how many events it read.
 ///
@@ -145,10 +162,11 @@ pub async fn schedule_step(pool: &PgPool, batch: i64) -> Result<usize, StoreErro
         .execute(&mut *tx)
         .await?;
     // The row lock makes one scheduler at a time across processes.
-    let (ctx, cpos): (i64, i64) = sqlx::query_as("SELECT tx, position FROM process_checkpoints WHERE name = $1 FOR UPDATE")
-        .bind(SCHEDULER)
-        .fetch_one(&mut *tx)
-        .await?;
+    let (ctx, cpos): (i64, i64) =
+        sqlx::query_as("SELECT tx, position FROM process_checkpoints WHERE name = $1 FOR UPDATE")
+            .bind(SCHEDULER)
+            .fetch_one(&mut *tx)
+            .await?;
     let rows: Vec<ScheduleRow> = sqlx::query_as(
         "SELECT tx, position, stream_id, event_type, \
                 CASE WHEN event_type = ANY($4) THEN payload END, occurred_at \
@@ -163,7 +181,10 @@ pub async fn schedule_step(pool: &PgPool, batch: i64) -> Result<usize, StoreErro
     .bind(SCHEDULING_EVENTS)
     .fetch_all(&mut *tx)
     .await?;
-    let Some(last) = rows.last().map(|r| Cursor { tx: r.0, position: r.1 }) else {
+    let Some(last) = rows.last().map(|r| Cursor {
+        tx: r.0,
+        position: r.1,
+    }) else {
         tx.rollback().await?;
         return Ok(0);
     };
