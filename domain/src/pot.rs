@@ -5,8 +5,8 @@
 //! Who may issue a command (owner, beneficiary, admin, the deadline process) is checked by the
 //! command layer; the pot receives what it needs to know as flags (`by_system`, `by_admin`).
 
+use crate::values::MAX_AMOUNT;
 use crate::values::{bounded_text, Amount, Currency, InvalidInput};
-use crate::wallet::MAX_BALANCE;
 use crate::RuleCode;
 use chrono::{DateTime, Utc};
 use cqrs_es::{Aggregate, DomainEvent};
@@ -358,9 +358,9 @@ pub enum PotError {
     /// A payout to a minor beneficiary without approved KYC.
     #[error("a minor beneficiary needs an approved KYC")]
     KycRequired,
-    /// A contribution would take the pot over the most a wallet may hold (10^18 minor units),
-    /// so that the payout could never be credited.
-    #[error("the contribution would take the pot over 10^18 minor units")]
+    /// A contribution would take the pot over the largest single movement (10^15 minor
+    /// units), so that its payout could not be made in one credit.
+    #[error("the contribution would take the pot over 10^15 minor units")]
     RaisedLimit,
 }
 
@@ -436,7 +436,7 @@ impl Pot {
                     return Err(PotError::NotInvited);
                 }
                 match self.raised.checked_add(amount.get()) {
-                    Some(total) if total <= MAX_BALANCE => {}
+                    Some(total) if total <= MAX_AMOUNT => {}
                     _ => return Err(PotError::RaisedLimit),
                 }
                 Ok(vec![E::ContributionReceived {
@@ -552,7 +552,7 @@ impl Aggregate for Pot {
                 message,
                 anonymous,
             } => {
-                // `decide` keeps `raised` within MAX_BALANCE; never wrap on stored data.
+                // `decide` keeps `raised` within MAX_AMOUNT; never wrap on stored data.
                 self.raised = self.raised.saturating_add(amount);
                 self.contributions.push(Contribution {
                     contribution_id,
