@@ -223,49 +223,12 @@ impl CommandService {
                 .await
             }
             EscrowAction::Release if party == Party::Buyer => {
-                let seller = self.payee(e.seller, currency).await?;
-                let locks = seller.locks(Locks::default().existing::<Escrow>(id));
-                self.run_unit(env, unit, locks, |_| {
-                    Ok(Decision {
-                        changes: vec![
-                            change::<Escrow>(
-                                id,
-                                EscrowCommand::Release {
-                                    by: Party::Buyer,
-                                    now,
-                                },
-                            ),
-                            seller.credit(amount, MoneyReason::EscrowRelease, id),
-                        ],
-                        claims: seller.claims(),
-                        result_id: None,
-                    })
-                })
-                .await
+                self.settle_escrow(env, unit, &e, Settle::Release, party, now)
+                    .await
             }
             EscrowAction::Refund if party == Party::Seller => {
-                let wallet = e.buyer_wallet;
-                let locks = Locks::default()
-                    .existing::<Escrow>(id)
-                    .existing::<Wallet>(wallet);
-                self.run_unit(env, unit, locks, |_| {
-                    let credit = WalletCommand::Credit {
-                        amount,
-                        reason: MoneyReason::EscrowRefund,
-                        reference: id,
-                    };
-                    Ok(Decision::of(vec![
-                        change::<Escrow>(
-                            id,
-                            EscrowCommand::Refund {
-                                by: Party::Seller,
-                                now,
-                            },
-                        ),
-                        change::<Wallet>(wallet, credit),
-                    ]))
-                })
-                .await
+                self.settle_escrow(env, unit, &e, Settle::Refund, party, now)
+                    .await
             }
             EscrowAction::RaiseDispute { reason } => {
                 let reason = bounded_text("reason", &reason, 1, 500)?;
@@ -276,6 +239,70 @@ impl CommandService {
                 .await
             }
             _ => Err(forbidden()),
+        }
+    }
+}
+
+/// How a funded escrow pays out in full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Settle {
+    /// To the seller's wallet in the escrow's currency (opened on the fly if missing).
+    Release,
+    /// Back to the buyer's wallet that funded it.
+    Refund,
+}
+
+impl CommandService {
+    /// Releases or refunds a funded escrow in one commit with the wallet it credits; the
+    /// escrow checks that `by` may do it now.
+    pub(crate) async fn settle_escrow(
+        &self,
+        env: &Envelope,
+        unit: Unit,
+        escrow: &Escrow,
+        settle: Settle,
+        by: Party,
+        now: DateTime<Utc>,
+    ) -> Result<CommandResult, CommandError> {
+        let id = escrow.id;
+        let amount = Amount::parse("amount", escrow.amount)?;
+        match settle {
+            Settle::Release => {
+                let currency = escrow
+                    .currency
+                    .ok_or_else(|| Refusal::not_found("escrow"))?;
+                let seller = self.payee(escrow.seller, currency).await?;
+                let locks = seller.locks(Locks::default().existing::<Escrow>(id));
+                self.run_unit(env, unit, locks, |_| {
+                    Ok(Decision {
+                        changes: vec![
+                            change::<Escrow>(id, EscrowCommand::Release { by, now }),
+                            seller.credit(amount, MoneyReason::EscrowRelease, id),
+                        ],
+                        claims: seller.claims(),
+                        result_id: None,
+                    })
+                })
+                .await
+            }
+            Settle::Refund => {
+                let wallet = escrow.buyer_wallet;
+                let locks = Locks::default()
+                    .existing::<Escrow>(id)
+                    .existing::<Wallet>(wallet);
+                self.run_unit(env, unit, locks, |_| {
+                    let credit = WalletCommand::Credit {
+                        amount,
+                        reason: MoneyReason::EscrowRefund,
+                        reference: id,
+                    };
+                    Ok(Decision::of(vec![
+                        change::<Escrow>(id, EscrowCommand::Refund { by, now }),
+                        change::<Wallet>(wallet, credit),
+                    ]))
+                })
+                .await
+            }
         }
     }
 }

@@ -8,17 +8,17 @@
 //! done, the repeat finds the claim and performs nothing. A deadline that passed while
 //! Chronicle was down is simply due when it comes back.
 
+use crate::escrows::Settle;
 use crate::service::{Actor, CommandError, CommandService, Envelope, Refusal, Role};
 use crate::store::StoreError;
 use crate::unit::{change, ClaimSpec, Decision, Locks, OnTaken, Unit};
 use chrono::{DateTime, Datelike, Duration, NaiveDate, Utc};
 use domain::account::{Account, AccountStatus};
 use domain::device::{Device, DeviceCommand};
-use domain::escrow::{Escrow, EscrowCommand, Party};
+use domain::escrow::Party;
 use domain::order::CancelledBy;
 use domain::pot::{Pot, PotCommand, Visibility};
-use domain::wallet::{MoneyReason, Wallet, WalletCommand};
-use domain::Amount;
+use domain::wallet::{Wallet, WalletCommand};
 use domain::Currency;
 use schemas::Cursor;
 use sqlx::PgPool;
@@ -349,55 +349,14 @@ impl CommandService {
                 if e.version == 0 {
                     return Err(Refusal::not_found("escrow").into());
                 }
-                let e = e.state;
-                let currency = e.currency.ok_or_else(|| Refusal::not_found("escrow"))?;
-                let amount = Amount::parse("amount", e.amount)?;
-                if kind == kind::ESCROW_RELEASE {
-                    let seller = self.payee(e.seller, currency).await?;
-                    let locks = seller.locks(Locks::default().existing::<Escrow>(id));
-                    self.run_unit(&env, unit, locks, |_| {
-                        Ok(Decision {
-                            changes: vec![
-                                change::<Escrow>(
-                                    id,
-                                    EscrowCommand::Release {
-                                        by: Party::System,
-                                        now,
-                                    },
-                                ),
-                                seller.credit(amount, MoneyReason::EscrowRelease, id),
-                            ],
-                            claims: seller.claims(),
-                            result_id: None,
-                        })
-                    })
-                    .await
-                    .map(Some)
+                let settle = if kind == kind::ESCROW_RELEASE {
+                    Settle::Release
                 } else {
-                    let wallet = e.buyer_wallet;
-                    let locks = Locks::default()
-                        .existing::<Escrow>(id)
-                        .existing::<Wallet>(wallet);
-                    self.run_unit(&env, unit, locks, |_| {
-                        let credit = WalletCommand::Credit {
-                            amount,
-                            reason: MoneyReason::EscrowRefund,
-                            reference: id,
-                        };
-                        Ok(Decision::of(vec![
-                            change::<Escrow>(
-                                id,
-                                EscrowCommand::Refund {
-                                    by: Party::System,
-                                    now,
-                                },
-                            ),
-                            change::<Wallet>(wallet, credit),
-                        ]))
-                    })
+                    Settle::Refund
+                };
+                self.settle_escrow(&env, unit, &e.state, settle, Party::System, now)
                     .await
                     .map(Some)
-                }
             }
             kind::ORDER_UNSHIPPED => self.cancel_unshipped(&env, id).await.map(Some),
             kind::ACCOUNT_CLOSURE => self.closure_cascade(&env, id).await.map(Some),
