@@ -10,6 +10,9 @@ pub mod error;
 pub mod extract;
 pub mod metrics;
 pub mod openapi;
+mod queries_commerce;
+mod queries_money;
+pub mod query;
 mod routes;
 mod routes_devices;
 mod routes_escrows;
@@ -50,7 +53,6 @@ pub fn router(state: AppState) -> Router {
         .route("/openapi.json", get(openapi::spec))
         .route("/docs", get(openapi::docs))
         .route("/v1/accounts", post(open_account))
-        .route("/v1/accounts/{id}", get(get_account))
         .route("/v1/accounts/{id}/profile", patch(update_profile))
         .route("/v1/accounts/{id}/kyc", post(submit_kyc))
         .route("/v1/accounts/{id}/kyc/approve", post(approve_kyc))
@@ -63,7 +65,6 @@ pub fn router(state: AppState) -> Router {
             delete(erase_personal_data),
         )
         .route("/v1/wallets", post(open_wallet))
-        .route("/v1/wallets/{id}", get(get_wallet))
         .route("/v1/wallets/{id}/deposits", post(deposit))
         .route("/v1/wallets/{id}/withdrawals", post(withdraw))
         .route("/v1/wallets/{id}/freeze", post(freeze))
@@ -71,16 +72,16 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/wallets/{id}/close", post(close_wallet))
         .route("/v1/transfers", post(transfer))
         .route("/v1/orders", post(place_order))
-        .route("/v1/orders/{id}", get(get_order))
         .route("/v1/orders/{id}/pay", post(pay_order))
         .route("/v1/orders/{id}/ship", post(ship_order))
         .route("/v1/orders/{id}/confirm-delivery", post(confirm_delivery))
         .route("/v1/orders/{id}/cancel", post(cancel_order))
         .route("/v1/orders/{id}/refunds", post(refund_order))
-        .route("/v1/escrows/{id}", get(get_escrow))
         .merge(routes_escrows::router())
         .merge(routes_pots::router())
         .merge(routes_devices::router())
+        .merge(queries_money::router())
+        .merge(queries_commerce::router())
         .route_layer(axum::middleware::from_fn(metrics::track))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(RequestBodyLimitLayer::new(4 * MAX_BODY_BYTES))

@@ -29,15 +29,14 @@ impl Modify for BearerAuth {
     info(title = "Chronicle", description = "Event-sourced backend for accounts, wallets, orders, escrow, pots and devices. Errors are application/problem+json with a stable `code`."),
     paths(
         crate::routes::health, crate::routes::ready,
-        crate::routes::open_account, crate::routes::get_account, crate::routes::update_profile,
+        crate::routes::open_account, crate::routes::update_profile,
         crate::routes::submit_kyc, crate::routes::approve_kyc, crate::routes::reject_kyc,
         crate::routes::suspend_account, crate::routes::reinstate_account, crate::routes::close_account,
         crate::routes::erase_personal_data,
-        crate::routes::open_wallet, crate::routes::get_wallet, crate::routes::deposit, crate::routes::withdraw,
+        crate::routes::open_wallet, crate::routes::deposit, crate::routes::withdraw,
         crate::routes::freeze, crate::routes::unfreeze, crate::routes::close_wallet, crate::routes::transfer,
-        crate::routes::place_order, crate::routes::get_order, crate::routes::pay_order, crate::routes::ship_order,
+        crate::routes::place_order, crate::routes::pay_order, crate::routes::ship_order,
         crate::routes::confirm_delivery, crate::routes::cancel_order, crate::routes::refund_order,
-        crate::routes::get_escrow,
     ),
     modifiers(&BearerAuth)
 )]
@@ -49,6 +48,8 @@ pub fn document() -> utoipa::openapi::OpenApi {
     doc.merge(crate::routes_escrows::Api::openapi());
     doc.merge(crate::routes_pots::Api::openapi());
     doc.merge(crate::routes_devices::Api::openapi());
+    doc.merge(crate::queries_money::Api::openapi());
+    doc.merge(crate::queries_commerce::Api::openapi());
     doc
 }
 

@@ -1,7 +1,7 @@
 //! Route handlers: extract, build the command, call the service, map the result.
 
 use crate::error::Problem;
-use crate::extract::{Caller, CommandRequest};
+use crate::extract::CommandRequest;
 use crate::AppState;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -29,14 +29,6 @@ pub(crate) fn answer(result: Result<CommandResult, CommandError>) -> Response {
         }
         Err(e) => Problem::from(e).into_response(),
     }
-}
-
-pub(crate) fn with_etag(version: i64, body: serde_json::Value) -> Response {
-    let mut response = Json(body).into_response();
-    if let Ok(v) = HeaderValue::from_str(&format!("\"{version}\"")) {
-        response.headers_mut().insert(header::ETAG, v);
-    }
-    response
 }
 
 /// An empty command body (`{}` or nothing).
@@ -222,36 +214,6 @@ pub(crate) async fn erase_personal_data(
     account_action(&s, &req.env, id, AccountAction::ErasePersonalData).await
 }
 
-#[utoipa::path(get, path = "/v1/accounts/{id}", tag = "queries", params(("id" = Uuid, Path)), security(("bearer" = [])), responses((status = 200, description = "the account; ETag is its version", body = Object), (status = 401, description = "no or bad credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "not allowed", body = Problem, content_type = "application/problem+json"), (status = 404, description = "unknown id", body = Problem, content_type = "application/problem+json")))]
-pub(crate) async fn get_account(
-    State(s): State<AppState>,
-    Path(id): Path<Uuid>,
-    Caller(actor): Caller,
-) -> Response {
-    match s.service.get_account(&Envelope::new(actor), id).await {
-        Ok(a) => {
-            let st = &a.state;
-            with_etag(
-                a.version,
-                json!({
-                    "id": st.id,
-                    "subject": st.subject,
-                    "email": st.email,
-                    "display_name": st.display_name,
-                    "birth_date": st.birth_date,
-                    "country": st.country,
-                    "preferences": st.preferences,
-                    "kyc_status": st.kyc,
-                    "status": st.status,
-                    "personal_data_erased": st.erased,
-                    "version": a.version,
-                }),
-            )
-        }
-        Err(e) => Problem::from(e).into_response(),
-    }
-}
-
 /// POST /v1/wallets.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -358,45 +320,6 @@ pub(crate) async fn close_wallet(
     req: CommandRequest<NoBody>,
 ) -> Response {
     wallet_action(&s, &req.env, id, WalletAction::Close).await
-}
-
-/// A wallet as GET /v1/wallets/{id} returns it.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct WalletView {
-    id: Uuid,
-    owner: Uuid,
-    currency: String,
-    balance: i64,
-    held: i64,
-    available: i64,
-    #[schema(value_type = String, example = "active")]
-    status: domain::wallet::WalletStatus,
-    version: i64,
-}
-
-#[utoipa::path(get, path = "/v1/wallets/{id}", tag = "queries", params(("id" = Uuid, Path)), security(("bearer" = [])), responses((status = 200, description = "the wallet; ETag is its version", body = WalletView), (status = 401, description = "no or bad credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "not allowed", body = Problem, content_type = "application/problem+json"), (status = 404, description = "unknown id", body = Problem, content_type = "application/problem+json")))]
-pub(crate) async fn get_wallet(
-    State(s): State<AppState>,
-    Path(id): Path<Uuid>,
-    Caller(actor): Caller,
-) -> Response {
-    match s.service.get_wallet(&Envelope::new(actor), id).await {
-        Ok(w) => {
-            let st = &w.state;
-            let view = WalletView {
-                id: st.id,
-                owner: st.owner,
-                currency: st.currency.map(String::from).unwrap_or_default(),
-                balance: st.balance,
-                held: st.held,
-                available: st.available(),
-                status: st.status,
-                version: w.version,
-            };
-            with_etag(w.version, serde_json::to_value(view).unwrap_or_default())
-        }
-        Err(e) => Problem::from(e).into_response(),
-    }
 }
 
 /// POST /v1/transfers.
@@ -726,36 +649,4 @@ pub(crate) async fn refund_order(
         reason: req.body.reason,
     };
     order_action(&s, &req.env, id, action).await
-}
-
-#[utoipa::path(get, path = "/v1/orders/{id}", tag = "queries", params(("id" = Uuid, Path)), security(("bearer" = [])), responses((status = 200, description = "the order with lines, total, paid and refunded amounts; ETag is its version", body = Object), (status = 403, description = "not a party", body = Problem, content_type = "application/problem+json"), (status = 404, description = "unknown id", body = Problem, content_type = "application/problem+json")))]
-pub(crate) async fn get_order(
-    State(s): State<AppState>,
-    Path(id): Path<Uuid>,
-    Caller(actor): Caller,
-) -> Response {
-    match s.service.get_order(&Envelope::new(actor), id).await {
-        Ok(o) => {
-            let mut body = serde_json::to_value(&o.state).unwrap_or_default();
-            body["version"] = json!(o.version);
-            with_etag(o.version, body)
-        }
-        Err(e) => Problem::from(e).into_response(),
-    }
-}
-
-#[utoipa::path(get, path = "/v1/escrows/{id}", tag = "queries", params(("id" = Uuid, Path)), security(("bearer" = [])), responses((status = 200, description = "the escrow's state and dispute; ETag is its version", body = Object), (status = 403, description = "not a party", body = Problem, content_type = "application/problem+json"), (status = 404, description = "unknown id", body = Problem, content_type = "application/problem+json")))]
-pub(crate) async fn get_escrow(
-    State(s): State<AppState>,
-    Path(id): Path<Uuid>,
-    Caller(actor): Caller,
-) -> Response {
-    match s.service.get_escrow(&Envelope::new(actor), id).await {
-        Ok(e) => {
-            let mut body = serde_json::to_value(&e.state).unwrap_or_default();
-            body["version"] = json!(e.version);
-            with_etag(e.version, body)
-        }
-        Err(e) => Problem::from(e).into_response(),
-    }
 }

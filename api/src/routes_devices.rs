@@ -9,18 +9,17 @@
 //! (`Authorization: Device <device_id>.<secret>`), not a bearer token.
 
 use crate::error::Problem;
-use crate::extract::{device_challenge, Caller, CommandRequest, DeviceCommandRequest};
-use crate::routes::{answer, with_etag, CommandHeaders, CommandResponses, NoBody, ReasonBody};
+use crate::extract::{device_challenge, CommandRequest, DeviceCommandRequest};
+use crate::routes::{answer, CommandHeaders, CommandResponses, NoBody, ReasonBody};
 use crate::AppState;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::post;
 use axum::{Json, Router};
-use chrono::{DateTime, Utc};
 use commands::devices::{DeviceAction, IssuedCredential, RegisterDevice, ReportFirmware};
 use commands::{CommandError, CommandResult, Envelope};
-use domain::device::{DeviceStatus, FirmwareOutcome};
+use domain::device::FirmwareOutcome;
 use serde::{Deserialize, Serialize};
 use std::sync::Mutex;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
@@ -52,8 +51,7 @@ impl Modify for DeviceAuth {
         schedule_firmware_update,
         report_firmware,
         suspend_device,
-        decommission_device,
-        get_device
+        decommission_device
     ),
     modifiers(&DeviceAuth)
 )]
@@ -63,7 +61,6 @@ pub struct Api;
 pub(crate) fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/devices", post(register_device))
-        .route("/v1/devices/{id}", get(get_device))
         .route("/v1/devices/{id}/activate", post(activate_device))
         .route(
             "/v1/devices/{id}/credentials/rotate",
@@ -283,64 +280,4 @@ async fn decommission_device(
         reason: req.body.reason,
     };
     act(&s, &req.env, id, action).await
-}
-
-/// A firmware update waiting for the device's report.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct PendingUpdateView {
-    target_version: String,
-    artifact_url: String,
-    sha256: String,
-    scheduled_at: DateTime<Utc>,
-    /// When the update is marked failed if the device has not reported.
-    times_out_at: DateTime<Utc>,
-}
-
-/// A device as GET /v1/devices/{id} returns it (never its credential or the hash of it).
-#[derive(Debug, Serialize, ToSchema)]
-pub struct DeviceView {
-    id: Uuid,
-    owner: Uuid,
-    serial: String,
-    model: String,
-    firmware_version: String,
-    /// `registered`, `active`, `suspended` or `decommissioned`.
-    #[schema(value_type = String, example = "active")]
-    status: DeviceStatus,
-    pending_update: Option<PendingUpdateView>,
-    /// How the last update ended: `applied` or `failed`.
-    last_update_outcome: Option<String>,
-    version: i64,
-}
-
-#[utoipa::path(get, path = "/v1/devices/{id}", tag = "queries", params(("id" = Uuid, Path)), security(("bearer" = [])), responses((status = 200, description = "the device; ETag is its version", body = DeviceView), (status = 401, description = "no or bad credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "not allowed", body = Problem, content_type = "application/problem+json"), (status = 404, description = "unknown id", body = Problem, content_type = "application/problem+json")))]
-async fn get_device(
-    State(s): State<AppState>,
-    Path(id): Path<Uuid>,
-    Caller(actor): Caller,
-) -> Response {
-    match s.service.get_device(&Envelope::new(actor), id).await {
-        Ok(d) => {
-            let st = &d.state;
-            let view = DeviceView {
-                id: st.id,
-                owner: st.owner,
-                serial: st.serial.clone(),
-                model: st.model.clone(),
-                firmware_version: st.firmware_version.clone(),
-                status: st.status,
-                pending_update: st.pending_update.as_ref().map(|u| PendingUpdateView {
-                    target_version: u.target_version.clone(),
-                    artifact_url: u.artifact_url.clone(),
-                    sha256: u.sha256.clone(),
-                    scheduled_at: u.scheduled_at,
-                    times_out_at: u.times_out_at(),
-                }),
-                last_update_outcome: st.last_update_outcome.clone(),
-                version: d.version,
-            };
-            with_etag(d.version, serde_json::to_value(view).unwrap_or_default())
-        }
-        Err(e) => Problem::from(e).into_response(),
-    }
 }

@@ -1,17 +1,16 @@
 //! Pot routes: create, contribute, invite, close, pay out, cancel; GET a pot.
 
-use crate::error::Problem;
-use crate::extract::{Caller, CommandRequest};
-use crate::routes::{answer, with_etag, CommandHeaders, CommandResponses, NoBody, ReasonBody};
+use crate::extract::CommandRequest;
+use crate::routes::{answer, CommandHeaders, CommandResponses, NoBody, ReasonBody};
 use crate::AppState;
 use axum::extract::{Path, State};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::response::Response;
+use axum::routing::post;
 use axum::Router;
 use chrono::{DateTime, Utc};
 use commands::pots::{CreatePot, PotAction};
 use commands::Envelope;
-use domain::pot::{PotStatus, PublicContribution, Visibility};
+use domain::pot::Visibility;
 use serde::{Deserialize, Serialize};
 use utoipa::{OpenApi, ToSchema};
 use uuid::Uuid;
@@ -20,7 +19,6 @@ use uuid::Uuid;
 #[derive(OpenApi)]
 #[openapi(paths(
     create_pot,
-    get_pot,
     contribute,
     invite_to_pot,
     close_pot,
@@ -33,7 +31,6 @@ pub struct Api;
 pub(crate) fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/pots", post(create_pot))
-        .route("/v1/pots/{id}", get(get_pot))
         .route("/v1/pots/{id}/contributions", post(contribute))
         .route("/v1/pots/{id}/invitations", post(invite_to_pot))
         .route("/v1/pots/{id}/close", post(close_pot))
@@ -195,103 +192,4 @@ async fn cancel_pot(
         reason: req.body.reason,
     };
     act(&s, &req.env, id, action).await
-}
-
-/// One contribution as GET /v1/pots/{id} shows it.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ContributionView {
-    contribution_id: Uuid,
-    /// Null when the contribution is anonymous (except to the contributor, admins, auditors).
-    contributor: Option<Uuid>,
-    /// Null when the contributor is hidden.
-    wallet: Option<Uuid>,
-    amount: i64,
-    anonymous: bool,
-    message: Option<String>,
-    refunded: bool,
-}
-
-impl From<PublicContribution> for ContributionView {
-    fn from(c: PublicContribution) -> Self {
-        Self {
-            contribution_id: c.contribution_id,
-            contributor: c.contributor,
-            wallet: c.wallet,
-            amount: c.amount,
-            anonymous: c.anonymous,
-            message: c.message,
-            refunded: c.refunded,
-        }
-    }
-}
-
-/// A pot as GET /v1/pots/{id} returns it.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct PotView {
-    id: Uuid,
-    owner: Uuid,
-    beneficiary: Uuid,
-    title: String,
-    currency: String,
-    target_amount: Option<i64>,
-    closes_at: Option<DateTime<Utc>>,
-    visibility: PotVisibility,
-    /// `open`, `closed`, `paid_out` or `cancelled`.
-    #[schema(value_type = String, example = "open")]
-    status: PotStatus,
-    /// Contributions not refunded, in minor units.
-    raised: i64,
-    /// What went to the beneficiary.
-    paid_out: i64,
-    /// What the pot holds now (`raised - paid_out`).
-    held: i64,
-    /// Distinct accounts with contributions not refunded (anonymous ones counted, not named).
-    contributor_count: usize,
-    /// Every contribution ever received.
-    contribution_count: usize,
-    /// The most recent contributions (at most 100), newest first.
-    contributions: Vec<ContributionView>,
-    /// Invited accounts: shown to the owner, admins and auditors only.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    invited: Option<Vec<Uuid>>,
-    version: i64,
-}
-
-#[utoipa::path(get, path = "/v1/pots/{id}", tag = "queries", params(("id" = Uuid, Path)), security(("bearer" = [])), responses((status = 200, description = "the pot: raised total, contributor count, recent contributions (anonymous contributors hidden); ETag is its version", body = PotView), (status = 401, description = "no or bad credentials", body = Problem, content_type = "application/problem+json"), (status = 403, description = "a private pot the caller is no party to", body = Problem, content_type = "application/problem+json"), (status = 404, description = "unknown id", body = Problem, content_type = "application/problem+json")))]
-async fn get_pot(
-    State(s): State<AppState>,
-    Path(id): Path<Uuid>,
-    Caller(actor): Caller,
-) -> Response {
-    match s.service.get_pot(&Envelope::new(actor), id).await {
-        Ok(read) => {
-            let p = &read.pot.state;
-            let view = PotView {
-                id: p.id,
-                owner: p.owner,
-                beneficiary: p.beneficiary,
-                title: p.title.clone(),
-                currency: p.currency.map(String::from).unwrap_or_default(),
-                target_amount: p.target_amount,
-                closes_at: p.closes_at,
-                visibility: p.visibility.into(),
-                status: p.status,
-                raised: p.raised,
-                paid_out: p.paid_out,
-                held: p.held(),
-                contributor_count: read.contributor_count,
-                contribution_count: p.contributions.len(),
-                contributions: read.contributions.into_iter().map(Into::into).collect(),
-                invited: read
-                    .show_invited
-                    .then(|| p.invited.iter().copied().collect()),
-                version: read.pot.version,
-            };
-            with_etag(
-                read.pot.version,
-                serde_json::to_value(view).unwrap_or_default(),
-            )
-        }
-        Err(e) => Problem::from(e).into_response(),
-    }
 }

@@ -10,7 +10,8 @@ use crate::store::{
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use schemas::{Cursor, Metadata, RecordedEvent};
+use schemas::log::{EventRow, EVENT_COLUMNS};
+use schemas::{Cursor, RecordedEvent};
 use sqlx::PgPool;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -372,53 +373,6 @@ async fn insert(
     Ok(rows.into_iter().map(|(s, v, p)| ((s, v), p)).collect())
 }
 
-const EVENT_COLUMNS: &str = "position, tx, event_id, stream_type, stream_id, stream_version, \
-     event_type, schema_version, payload, actor_sub, actor_role, command_id, correlation_id, \
-     causation_id, occurred_at";
-
-#[derive(sqlx::FromRow)]
-struct EventRow {
-    position: i64,
-    tx: i64,
-    event_id: Uuid,
-    stream_type: String,
-    stream_id: Uuid,
-    stream_version: i64,
-    event_type: String,
-    schema_version: i32,
-    payload: serde_json::Value,
-    actor_sub: String,
-    actor_role: String,
-    command_id: Uuid,
-    correlation_id: Uuid,
-    causation_id: Option<Uuid>,
-    occurred_at: DateTime<Utc>,
-}
-
-impl From<EventRow> for RecordedEvent {
-    fn from(r: EventRow) -> Self {
-        RecordedEvent {
-            position: r.position,
-            tx: r.tx,
-            event_id: r.event_id,
-            stream_type: r.stream_type,
-            stream_id: r.stream_id,
-            stream_version: r.stream_version,
-            event_type: r.event_type,
-            schema_version: r.schema_version,
-            payload: r.payload,
-            metadata: Metadata {
-                actor_sub: r.actor_sub,
-                actor_role: r.actor_role,
-                command_id: r.command_id,
-                correlation_id: r.correlation_id,
-                causation_id: r.causation_id,
-                occurred_at: r.occurred_at,
-            },
-        }
-    }
-}
-
 #[async_trait]
 impl EventStore for PgEventStore {
     async fn append(&self, request: AppendRequest) -> Result<Appended, AppendError> {
@@ -477,22 +431,7 @@ impl EventStore for PgEventStore {
     }
 
     async fn read_all(&self, after: Cursor, limit: i64) -> Result<Vec<RecordedEvent>, StoreError> {
-        // Only rows of transactions below the oldest one still running are final: no row with
-        // a smaller (tx, position) can appear later. The statement's own snapshot sees all of
-        // them, because every transaction below its xmin has ended.
-        let sql = format!(
-            "SELECT {EVENT_COLUMNS} FROM events \
-             WHERE (tx, position) > ($1, $2) \
-               AND tx < pg_snapshot_xmin(pg_current_snapshot())::text::bigint \
-             ORDER BY tx, position LIMIT $3"
-        );
-        let rows: Vec<EventRow> = sqlx::query_as(&sql)
-            .bind(after.tx)
-            .bind(after.position)
-            .bind(limit.max(0))
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(rows.into_iter().map(Into::into).collect())
+        Ok(schemas::log::read_all(&self.pool, after, limit).await?)
     }
 
     async fn claim(&self, scope: &str, key: &str) -> Result<Option<ClaimRecord>, StoreError> {

@@ -188,14 +188,7 @@ pub fn encode<E: DomainEvent>(event: &E) -> NewEvent {
 /// Decodes a stored event. An unknown type or a payload that does not fit is an error:
 /// replay never skips an event.
 pub fn decode<A: Aggregate>(event: &RecordedEvent) -> Result<A::Event, LoadError> {
-    let mut payload = event.payload.clone();
-    if let Some(obj) = payload.as_object_mut() {
-        obj.insert(
-            "type".into(),
-            serde_json::Value::String(event.event_type.clone()),
-        );
-    }
-    serde_json::from_value(payload).map_err(|e| LoadError::Decode {
+    event.decode().map_err(|e| LoadError::Decode {
         what: event.event_type.clone(),
         stream_id: event.stream_id,
         version: event.stream_version,

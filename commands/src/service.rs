@@ -252,6 +252,7 @@ pub struct CommandService {
     pub(crate) devices: Repo<Device>,
     subjects: Mutex<HashMap<String, Uuid>>,
     idempotency_locks: Mutex<HashMap<(String, String), KeyLock>>,
+    pub(crate) commits: tokio::sync::watch::Sender<u64>,
 }
 
 impl CommandService {
@@ -269,7 +270,14 @@ impl CommandService {
             config,
             subjects: Mutex::new(HashMap::new()),
             idempotency_locks: Mutex::new(HashMap::new()),
+            commits: tokio::sync::watch::Sender::new(0),
         }
+    }
+
+    /// A signal that changes after every commit of this service: in-process readers of the
+    /// log (projectors) wait on it instead of polling.
+    pub fn commits(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.commits.subscribe()
     }
 
     /// The store.

@@ -430,6 +430,7 @@ impl CommandService {
             };
             match self.store.append(request).await {
                 Ok(appended) => {
+                    self.commits.send_modify(|n| *n = n.wrapping_add(1));
                     for (id, d) in decided {
                         if let Some(slot) = locked.slots.get_mut(&id) {
                             slot.set(d.next, d.version);

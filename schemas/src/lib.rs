@@ -5,6 +5,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+pub mod log;
+
 /// The PostgreSQL migrations, embedded in the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -89,5 +91,17 @@ impl RecordedEvent {
             tx: self.tx,
             position: self.position,
         }
+    }
+
+    /// The payload as a domain event enum tagged by `type` (the stored event type name).
+    pub fn decode<E: serde::de::DeserializeOwned>(&self) -> Result<E, serde_json::Error> {
+        let mut payload = self.payload.clone();
+        if let Some(obj) = payload.as_object_mut() {
+            obj.insert(
+                "type".into(),
+                serde_json::Value::String(self.event_type.clone()),
+            );
+        }
+        serde_json::from_value(payload)
     }
 }

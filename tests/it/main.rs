@@ -15,5 +15,8 @@ mod multi_process;
 mod operations;
 mod orders;
 mod pots;
+mod projectors;
+mod queries_commerce;
+mod queries_money;
 mod rules_over_http;
 mod state_machine;

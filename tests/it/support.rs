@@ -99,6 +99,33 @@ pub struct TestApp {
     /// The shared state.
     pub state: AppState,
     auth: AuthConfig,
+    /// Stops the projector workers when the app is dropped.
+    projectors: tokio::sync::watch::Sender<bool>,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        let _ = self.projectors.send(true);
+    }
+}
+
+/// Runs every projector on `pool`, woken by `service`'s commits, until `shutdown` turns true.
+pub fn spawn_projectors(
+    pool: &PgPool,
+    service: &CommandService,
+    shutdown: &tokio::sync::watch::Sender<bool>,
+) {
+    for projector in projections::all() {
+        let worker = projections::Worker::live(
+            pool.clone(),
+            projector,
+            projections::WorkerConfig {
+                idle_poll: std::time::Duration::from_millis(20),
+                ..Default::default()
+            },
+        );
+        tokio::spawn(worker.run(Some(service.commits()), shutdown.subscribe()));
+    }
 }
 
 /// An HTTP answer.
@@ -138,6 +165,8 @@ impl TestApp {
         let db = TestDb::new().await;
         let store = PgEventStore::new(db.pool.clone(), 2);
         let service = CommandService::new(store, clock, config);
+        let projectors = tokio::sync::watch::Sender::new(false);
+        spawn_projectors(&db.pool, &service, &projectors);
         let auth = AuthConfig::hs256(SECRET, None, None);
         let state = AppState {
             service: Arc::new(service),
@@ -150,6 +179,7 @@ impl TestApp {
             router,
             state,
             auth,
+            projectors,
         }
     }
 
@@ -167,6 +197,7 @@ impl TestApp {
         body: Option<Value>,
         headers: &[(&str, &str)],
     ) -> Answer {
+        let is_get = method == Method::GET;
         let mut req = Request::builder().method(method).uri(path);
         if let Some(t) = token {
             req = req.header("authorization", format!("Bearer {t}"));
@@ -180,6 +211,17 @@ impl TestApp {
         };
         for (k, v) in headers {
             req = req.header(*k, *v);
+        }
+        // Queries read what was committed before them: wait for the last event of the log
+        // (in commit order), whichever command or process wrote it.
+        if is_get
+            && !headers
+                .iter()
+                .any(|(k, _)| k.eq_ignore_ascii_case("x-min-position"))
+        {
+            if let Some(p) = self.log_head().await {
+                req = req.header("x-min-position", p.to_string());
+            }
         }
         self.raw(req.body(body).expect("a request")).await
     }
@@ -264,6 +306,14 @@ impl TestApp {
         let a = self.get(&format!("/v1/wallets/{wallet}"), &admin).await;
         assert_eq!(a.status, StatusCode::OK, "get wallet: {:?}", a.body);
         a.body
+    }
+
+    /// The position of the last event of the log in commit order, if any.
+    pub async fn log_head(&self) -> Option<i64> {
+        sqlx::query_scalar("SELECT position FROM events ORDER BY tx DESC, position DESC LIMIT 1")
+            .fetch_optional(&self.db.pool)
+            .await
+            .expect("read the log head")
     }
 
     /// How many events the log holds.

@@ -1,0 +1,221 @@
+//! Rebuilds: a projector replays the log from position 0 into shadow tables (schema
+//! `rebuild_<name>`, created `LIKE` the live ones) while the live tables keep serving, then the
+//! shadow replaces the live tables in one transaction. The shadow's checkpoint is stored like
+//! any other (`rebuild:<name>`), so an interrupted rebuild resumes where it stopped.
+
+use crate::runtime::{rebuild_key, take_in, TakeIn, Worker, WorkerConfig, LIVE_SCHEMA};
+use crate::Projector;
+use schemas::Cursor;
+use sqlx::PgPool;
+use std::sync::Arc;
+
+/// The schema holding a projector's shadow tables.
+pub fn shadow_schema(name: &str) -> String {
+    format!("rebuild_{name}")
+}
+
+/// Events per transaction while rebuilding.
+pub const REBUILD_BATCH: i64 = 5000;
+
+/// Creates the shadow tables and checkpoint unless they exist (a rebuild to resume).
+/// Returns the cursor the rebuild starts from.
+pub async fn prepare(pool: &PgPool, projector: &dyn Projector) -> Result<Cursor, sqlx::Error> {
+    let schema = shadow_schema(projector.name());
+    let mut tx = pool.begin().await?;
+    sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
+        .execute(&mut *tx)
+        .await?;
+    for table in projector.tables() {
+        sqlx::query(&format!(
+            "CREATE TABLE IF NOT EXISTS {schema}.{table} (LIKE {LIVE_SCHEMA}.{table} INCLUDING ALL)"
+        ))
+        .execute(&mut *tx)
+        .await?;
+    }
+    sqlx::query("INSERT INTO projection_checkpoints (name) VALUES ($1) ON CONFLICT DO NOTHING")
+        .bind(rebuild_key(projector.name()))
+        .execute(&mut *tx)
+        .await?;
+    let (t, p): (i64, i64) =
+        sqlx::query_as("SELECT tx, position FROM projection_checkpoints WHERE name = $1")
+            .bind(rebuild_key(projector.name()))
+            .fetch_one(&mut *tx)
+            .await?;
+    tx.commit().await?;
+    Ok(Cursor { tx: t, position: p })
+}
+
+/// A worker on the shadow tables.
+pub fn shadow_worker(pool: &PgPool, projector: Arc<dyn Projector>) -> Worker {
+    let name = projector.name();
+    Worker::new(
+        pool.clone(),
+        projector,
+        rebuild_key(name),
+        shadow_schema(name),
+        WorkerConfig {
+            batch: REBUILD_BATCH,
+            ..WorkerConfig::default()
+        },
+    )
+}
+
+/// Replays the log into the shadow tables until it is exhausted; `progress` gets each
+/// batch's size and the cursor reached.
+pub async fn build_shadow(
+    pool: &PgPool,
+    projector: Arc<dyn Projector>,
+    progress: impl FnMut(usize, Cursor),
+) -> Result<Cursor, sqlx::Error> {
+    prepare(pool, projector.as_ref()).await?;
+    let mut worker = shadow_worker(pool, projector);
+    worker.load().await?;
+    worker.catch_up(progress).await?;
+    Ok(worker.cursor())
+}
+
+/// Rows that differ between the live and the shadow tables, per table: (table, rows only in
+/// live, rows only in the shadow). Empty lists mean equal read models.
+pub async fn differences(
+    pool: &PgPool,
+    projector: &dyn Projector,
+) -> Result<Vec<(String, i64, i64)>, sqlx::Error> {
+    let schema = shadow_schema(projector.name());
+    let mut out = Vec::new();
+    for table in projector.tables() {
+        let (live_only, shadow_only): (i64, i64) = sqlx::query_as(&format!(
+            "SELECT (SELECT count(*) FROM (SELECT * FROM {LIVE_SCHEMA}.{table} \
+                                           EXCEPT ALL SELECT * FROM {schema}.{table}) a), \
+                    (SELECT count(*) FROM (SELECT * FROM {schema}.{table} \
+                                           EXCEPT ALL SELECT * FROM {LIVE_SCHEMA}.{table}) b)"
+        ))
+        .fetch_one(pool)
+        .await?;
+        if live_only != 0 || shadow_only != 0 {
+            out.push((table.to_string(), live_only, shadow_only));
+        }
+    }
+    Ok(out)
+}
+
+/// Replaces the live tables with the shadow ones in one transaction: under the live
+/// checkpoint's row lock (so the live worker pauses between batches), the shadow takes in the
+/// last events, the live tables are dropped, the shadow tables move into their place, and the
+/// live checkpoint and parked events become the shadow's. Readers wait for the commit and
+/// then see the new tables.
+pub async fn swap(pool: &PgPool, projector: Arc<dyn Projector>) -> Result<Cursor, SwapError> {
+    let name = projector.name();
+    let key = rebuild_key(name);
+    let schema = shadow_schema(name);
+    // The last events are taken in by a worker outside this transaction first, so that the
+    // locked phase is short.
+    let mut worker = shadow_worker(pool, projector.clone());
+    worker.load().await?;
+    worker.catch_up(|_, _| {}).await?;
+
+    let mut tx = pool.begin().await?;
+    sqlx::query("INSERT INTO projection_checkpoints (name) VALUES ($1) ON CONFLICT DO NOTHING")
+        .bind(name)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("SELECT 1 FROM projection_checkpoints WHERE name = $1 FOR UPDATE")
+        .bind(name)
+        .execute(&mut *tx)
+        .await?;
+    // Take in what committed since, inside the lock.
+    let mut cursor = worker.cursor();
+    loop {
+        let events = schemas::log::read_all(&mut *tx, cursor, REBUILD_BATCH).await?;
+        if events.is_empty() {
+            break;
+        }
+        match take_in(
+            &mut tx,
+            projector.as_ref(),
+            &key,
+            &schema,
+            cursor,
+            &events,
+            None,
+        )
+        .await
+        {
+            Ok(TakeIn::Took(reached, _)) => cursor = reached,
+            Ok(TakeIn::Moved(_)) => return Err(SwapError::Concurrent),
+            Err(e) => return Err(SwapError::Apply(e.to_string())),
+        }
+    }
+    for table in projector.tables() {
+        sqlx::query(&format!("DROP TABLE IF EXISTS {LIVE_SCHEMA}.{table}"))
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(&format!(
+            "ALTER TABLE {schema}.{table} SET SCHEMA {LIVE_SCHEMA}"
+        ))
+        .execute(&mut *tx)
+        .await?;
+    }
+    sqlx::query(
+        "UPDATE projection_checkpoints l SET tx = r.tx, position = r.position, \
+                applied = r.applied, updated_at = now() \
+         FROM projection_checkpoints r WHERE l.name = $1 AND r.name = $2",
+    )
+    .bind(name)
+    .bind(&key)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("DELETE FROM projection_parked WHERE projector = $1")
+        .bind(name)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("UPDATE projection_parked SET projector = $1 WHERE projector = $2")
+        .bind(name)
+        .bind(&key)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("DELETE FROM projection_checkpoints WHERE name = $1")
+        .bind(&key)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(cursor)
+}
+
+/// Drops a rebuild's shadow tables and checkpoint.
+pub async fn discard(pool: &PgPool, projector: &dyn Projector) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query(&format!(
+        "DROP SCHEMA IF EXISTS {} CASCADE",
+        shadow_schema(projector.name())
+    ))
+    .execute(&mut *tx)
+    .await?;
+    let key = rebuild_key(projector.name());
+    sqlx::query("DELETE FROM projection_checkpoints WHERE name = $1")
+        .bind(&key)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("DELETE FROM projection_parked WHERE projector = $1")
+        .bind(&key)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await
+}
+
+/// Why a swap did not happen (nothing changed).
+#[derive(Debug, thiserror::Error)]
+pub enum SwapError {
+    /// The database failed.
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+    /// An event failed while the shadow took in the last events; running the rebuild again
+    /// parks it like the live projector would.
+    #[error("an event failed to apply to the shadow tables: {0}")]
+    Apply(String),
+    /// Another rebuild of the same projector moved the shadow's checkpoint.
+    #[error("another rebuild of this projector is running")]
+    Concurrent,
+}

@@ -1,0 +1,671 @@
+//! The projector runtime: named projectors tail the log through [`schemas::log::read_all`],
+//! apply events in batches and move their checkpoint in the same transaction as their
+//! read-model writes, so each event takes effect exactly once.
+//!
+//! - **One active instance** of each projector across processes: a session advisory lock
+//!   (the lease) held on a dedicated connection. Every batch also locks the checkpoint row and
+//!   checks it still holds the cursor the batch was read from, so even two instances that both
+//!   believe they hold the lease can never apply an event twice.
+//! - **Wake-up**: an in-process signal from the command service after each commit, and a short
+//!   poll for commits made by other processes. The cursor, not the wake-up, decides what is read.
+//! - **Poison events**: a batch that fails with a deterministic error is re-applied event by
+//!   event; an event that still fails after [`WorkerConfig::attempts`] tries is parked in
+//!   `projection_parked` with its error, together with every later event of its stream, while
+//!   the projector goes on with other streams. [`retry_parked`] applies them after a fix.
+//! - **Transient failures** (connection lost, serialization failure, ...) are retried with
+//!   backoff for as long as they last; they never park anything.
+
+use async_trait::async_trait;
+use schemas::{Cursor, RecordedEvent};
+use sqlx::{PgConnection, PgPool, Postgres, Transaction};
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+/// Why a projector could not apply a batch.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// The events cannot be applied as they are (an undecodable payload, a violated
+    /// read-model constraint): retrying will not help until the code or data is fixed.
+    #[error("{0}")]
+    Poison(String),
+    /// The database failed; whether retrying helps depends on the error.
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+}
+
+impl ApplyError {
+    /// True for failures that a later attempt can get past without any fix (connection,
+    /// serialization, deadlock, resources).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ApplyError::Poison(_) => false,
+            ApplyError::Db(e) => is_transient(e),
+        }
+    }
+}
+
+/// True for database errors that a later attempt can get past without any fix.
+pub fn is_transient(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => {
+            let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
+            // 22 data exception, 23 integrity violation, 42 syntax or undefined object,
+            // P0 raised by a function, XX internal: the same events fail again.
+            !(code.starts_with("22")
+                || code.starts_with("23")
+                || code.starts_with("42")
+                || code.starts_with("P0")
+                || code.starts_with("XX"))
+        }
+        sqlx::Error::ColumnDecode { .. }
+        | sqlx::Error::Decode(_)
+        | sqlx::Error::TypeNotFound { .. } => false,
+        _ => true,
+    }
+}
+
+/// A read model kept from the log.
+///
+/// `apply` runs inside the batch's transaction with `search_path` set to the schema being
+/// written (the live tables, or a rebuild's shadow tables), so its SQL names its tables
+/// unqualified. It must depend on the events alone (never on `now()` or randomness), so that
+/// a rebuild produces the same rows as the live projector.
+#[async_trait]
+pub trait Projector: Send + Sync + 'static {
+    /// The stable name: checkpoint, lease, metrics and CLI all use it.
+    fn name(&self) -> &'static str;
+
+    /// The tables it owns, in the order a rebuild creates and swaps them.
+    fn tables(&self) -> &'static [&'static str];
+
+    /// The stream types (`wallet`, `order`, ...) whose events it reads; the checkpoint moves
+    /// past all others without calling `apply`.
+    fn stream_types(&self) -> &'static [&'static str];
+
+    /// Applies `events` (in log order, all of `stream_types`) to the read model.
+    async fn apply(
+        &self,
+        conn: &mut PgConnection,
+        events: &[RecordedEvent],
+    ) -> Result<(), ApplyError>;
+}
+
+/// How a worker reads and retries.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Events read and applied per transaction.
+    pub batch: i64,
+    /// How often an idle worker looks for commits of other processes.
+    pub idle_poll: Duration,
+    /// How often an event is tried before it is parked.
+    pub attempts: u32,
+    /// The pause before the first retry (doubled each time).
+    pub backoff: Duration,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            batch: 1000,
+            idle_poll: Duration::from_millis(50),
+            attempts: 3,
+            backoff: Duration::from_millis(50),
+        }
+    }
+}
+
+/// The live tables' schema.
+pub const LIVE_SCHEMA: &str = "public";
+
+/// What one step did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Nothing new in the log.
+    Idle,
+    /// This many events were taken in (applied or parked).
+    Took(usize),
+    /// Another instance moved the checkpoint; the worker now stands where it does.
+    Moved,
+}
+
+/// One projector applying the log to one set of tables.
+pub struct Worker {
+    pool: PgPool,
+    projector: Arc<dyn Projector>,
+    /// The checkpoint (and parking) key: the projector's name, or `rebuild:<name>`.
+    key: String,
+    /// The schema written to.
+    schema: String,
+    config: WorkerConfig,
+    cursor: Cursor,
+}
+
+/// The checkpoint key of a projector's rebuild.
+pub fn rebuild_key(name: &str) -> String {
+    format!("rebuild:{name}")
+}
+
+impl Worker {
+    /// A worker on the live tables.
+    pub fn live(pool: PgPool, projector: Arc<dyn Projector>, config: WorkerConfig) -> Self {
+        let key = projector.name().to_owned();
+        Self::new(pool, projector, key, LIVE_SCHEMA.to_owned(), config)
+    }
+
+    /// A worker writing `schema` under checkpoint `key`.
+    pub fn new(
+        pool: PgPool,
+        projector: Arc<dyn Projector>,
+        key: String,
+        schema: String,
+        config: WorkerConfig,
+    ) -> Self {
+        Self {
+            pool,
+            projector,
+            key,
+            schema,
+            config,
+            cursor: Cursor::START,
+        }
+    }
+
+    /// The projector's name.
+    pub fn name(&self) -> &'static str {
+        self.projector.name()
+    }
+
+    /// Where the worker stands.
+    pub fn cursor(&self) -> Cursor {
+        self.cursor
+    }
+
+    /// Creates the checkpoint row if missing and loads the cursor from it.
+    pub async fn load(&mut self) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO public.projection_checkpoints (name) VALUES ($1) ON CONFLICT DO NOTHING",
+        )
+        .bind(&self.key)
+        .execute(&self.pool)
+        .await?;
+        let (tx, position): (i64, i64) = sqlx::query_as(
+            "SELECT tx, position FROM public.projection_checkpoints WHERE name = $1",
+        )
+        .bind(&self.key)
+        .fetch_one(&self.pool)
+        .await?;
+        self.cursor = Cursor { tx, position };
+        Ok(())
+    }
+
+    /// Reads the next batch and takes it in. Transient failures come back as errors (nothing
+    /// was applied); deterministic ones end in parking, never in an error.
+    pub async fn step(&mut self) -> Result<Step, sqlx::Error> {
+        let events = schemas::log::read_all(&self.pool, self.cursor, self.config.batch).await?;
+        if events.is_empty() {
+            return Ok(Step::Idle);
+        }
+        let step = self.take(&events).await?;
+        if let Step::Took(_) = step {
+            record_metrics(self.projector.name(), &self.key, &events, self.config.batch);
+        }
+        Ok(step)
+    }
+
+    /// Steps until the log is exhausted; calls `progress` with each batch's size.
+    pub async fn catch_up(
+        &mut self,
+        mut progress: impl FnMut(usize, Cursor),
+    ) -> Result<(), sqlx::Error> {
+        loop {
+            match self.step().await? {
+                Step::Idle => return Ok(()),
+                Step::Took(n) => progress(n, self.cursor),
+                Step::Moved => {}
+            }
+        }
+    }
+
+    async fn take(&mut self, events: &[RecordedEvent]) -> Result<Step, sqlx::Error> {
+        match self.commit(events, None).await? {
+            Ok(step) => Ok(step),
+            Err(error) if events.len() == 1 => self.retry_or_park(&events[0], error).await,
+            Err(_) => {
+                // Find the poison: every event on its own, each with its own retries.
+                let mut took = 0;
+                for event in events {
+                    let step = match self.commit(std::slice::from_ref(event), None).await? {
+                        Ok(step) => step,
+                        Err(error) => self.retry_or_park(event, error).await?,
+                    };
+                    match step {
+                        Step::Took(n) => took += n,
+                        Step::Moved => return Ok(Step::Moved),
+                        Step::Idle => {}
+                    }
+                }
+                Ok(Step::Took(took))
+            }
+        }
+    }
+
+    async fn retry_or_park(
+        &mut self,
+        event: &RecordedEvent,
+        mut error: String,
+    ) -> Result<Step, sqlx::Error> {
+        let mut pause = self.config.backoff;
+        for _ in 1..self.config.attempts.max(1) {
+            tokio::time::sleep(pause).await;
+            pause *= 2;
+            match self.commit(std::slice::from_ref(event), None).await? {
+                Ok(step) => return Ok(step),
+                Err(e) => error = e,
+            }
+        }
+        tracing::error!(
+            projector = self.projector.name(),
+            position = event.position,
+            stream_id = %event.stream_id,
+            event_type = %event.event_type,
+            %error,
+            "parking an event that keeps failing, with the later events of its stream"
+        );
+        let parked = (error, self.config.attempts.max(1) as i32);
+        match self
+            .commit(std::slice::from_ref(event), Some(parked))
+            .await?
+        {
+            Ok(step) => Ok(step),
+            // Parking writes no read-model rows, so it cannot fail deterministically.
+            Err(e) => Err(sqlx::Error::Protocol(format!("parking failed: {e}"))),
+        }
+    }
+
+    /// One transaction: check the checkpoint, apply (or park) `events`, move the checkpoint.
+    /// The outer error is transient; the inner one is a deterministic failure of `apply`.
+    async fn commit(
+        &mut self,
+        events: &[RecordedEvent],
+        park: Option<(String, i32)>,
+    ) -> Result<Result<Step, String>, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let outcome = take_in(
+            &mut tx,
+            self.projector.as_ref(),
+            &self.key,
+            &self.schema,
+            self.cursor,
+            events,
+            park,
+        )
+        .await;
+        match outcome {
+            Ok(TakeIn::Took(cursor, n)) => {
+                tx.commit().await?;
+                self.cursor = cursor;
+                Ok(Ok(Step::Took(n)))
+            }
+            Ok(TakeIn::Moved(cursor)) => {
+                drop(tx);
+                self.cursor = cursor;
+                Ok(Ok(Step::Moved))
+            }
+            Err(e) if e.is_transient() => match e {
+                ApplyError::Db(e) => Err(e),
+                ApplyError::Poison(p) => Err(sqlx::Error::Protocol(p)),
+            },
+            Err(e) => Ok(Err(e.to_string())),
+        }
+    }
+
+    /// Runs until `shutdown`: holds the lease (waiting as a standby while another process
+    /// holds it), steps while there is work, and waits for a commit signal or the idle poll.
+    pub async fn run(
+        mut self,
+        mut wake: Option<watch::Receiver<u64>>,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> anyhow::Result<()> {
+        let name = self.projector.name();
+        let mut pause = self.config.backoff;
+        'lease: while !*shutdown.borrow() {
+            let mut lease = match Lease::acquire(&self.pool, &self.key).await {
+                Ok(Some(lease)) => lease,
+                Ok(None) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                    continue;
+                }
+                Err(error) => {
+                    tracing::warn!(projector = name, %error, "cannot take the projector's lease; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                    continue;
+                }
+            };
+            tracing::info!(projector = name, "projector active");
+            if let Err(error) = self.load().await {
+                tracing::warn!(projector = name, %error, "cannot load the checkpoint; retrying");
+                continue;
+            }
+            let mut last_check = tokio::time::Instant::now();
+            while !*shutdown.borrow() {
+                if last_check.elapsed() > Duration::from_secs(5) {
+                    if let Err(error) = lease.check().await {
+                        tracing::warn!(projector = name, %error, "lost the projector's lease");
+                        continue 'lease;
+                    }
+                    last_check = tokio::time::Instant::now();
+                }
+                match self.step().await {
+                    Ok(Step::Took(_)) | Ok(Step::Moved) => {
+                        pause = self.config.backoff;
+                        continue;
+                    }
+                    Ok(Step::Idle) => {
+                        let poll = tokio::time::sleep(self.config.idle_poll);
+                        match wake.as_mut() {
+                            Some(w) => tokio::select! {
+                                _ = poll => {}
+                                r = w.changed() => if r.is_err() { wake = None },
+                                _ = shutdown.changed() => {}
+                            },
+                            None => tokio::select! {
+                                _ = poll => {}
+                                _ = shutdown.changed() => {}
+                            },
+                        }
+                    }
+                    Err(error) => {
+                        tracing::warn!(projector = name, %error, "projector step failed; retrying");
+                        tokio::select! {
+                            _ = tokio::time::sleep(pause) => {}
+                            _ = shutdown.changed() => {}
+                        }
+                        pause = (pause * 2).min(Duration::from_secs(5));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What [`take_in`] did.
+pub(crate) enum TakeIn {
+    /// Took in this many events and stands at the cursor.
+    Took(Cursor, usize),
+    /// The checkpoint was elsewhere.
+    Moved(Cursor),
+}
+
+/// Inside `conn`'s transaction: lock the checkpoint, check it is still at `cursor`, apply the
+/// events of the projector's streams that are not parked, park the rest (or all of them, with
+/// `park`), and move the checkpoint past the last event.
+pub(crate) async fn take_in(
+    conn: &mut PgConnection,
+    projector: &dyn Projector,
+    key: &str,
+    schema: &str,
+    cursor: Cursor,
+    events: &[RecordedEvent],
+    park: Option<(String, i32)>,
+) -> Result<TakeIn, ApplyError> {
+    let (tx, position): (i64, i64) = sqlx::query_as(
+        "SELECT tx, position FROM public.projection_checkpoints WHERE name = $1 FOR UPDATE",
+    )
+    .bind(key)
+    .fetch_one(&mut *conn)
+    .await?;
+    let stored = Cursor { tx, position };
+    if stored != cursor {
+        return Ok(TakeIn::Moved(stored));
+    }
+    let Some(last) = events.last() else {
+        return Ok(TakeIn::Took(cursor, 0));
+    };
+    let parked: HashSet<Uuid> = sqlx::query_scalar(
+        "SELECT DISTINCT stream_id FROM public.projection_parked WHERE projector = $1",
+    )
+    .bind(key)
+    .fetch_all(&mut *conn)
+    .await?
+    .into_iter()
+    .collect();
+    let types = projector.stream_types();
+    let mut apply = Vec::with_capacity(events.len());
+    let mut held: Vec<(&RecordedEvent, String, i32)> = Vec::new();
+    for e in events
+        .iter()
+        .filter(|e| types.contains(&e.stream_type.as_str()))
+    {
+        if let Some((error, attempts)) = &park {
+            held.push((e, error.clone(), *attempts));
+        } else if parked.contains(&e.stream_id) {
+            held.push((
+                e,
+                "held back: an earlier event of its stream is parked".into(),
+                0,
+            ));
+        } else {
+            apply.push(e.clone());
+        }
+    }
+    if !apply.is_empty() {
+        sqlx::query(&format!("SET LOCAL search_path TO {schema}"))
+            .execute(&mut *conn)
+            .await?;
+        projector.apply(&mut *conn, &apply).await?;
+        sqlx::query("SET LOCAL search_path TO public")
+            .execute(&mut *conn)
+            .await?;
+    }
+    if !held.is_empty() {
+        park_events(&mut *conn, key, &held).await?;
+    }
+    sqlx::query(
+        "UPDATE public.projection_checkpoints \
+         SET tx = $2, position = $3, applied = applied + $4, updated_at = now() WHERE name = $1",
+    )
+    .bind(key)
+    .bind(last.tx)
+    .bind(last.position)
+    .bind(events.len() as i64)
+    .execute(&mut *conn)
+    .await?;
+    Ok(TakeIn::Took(last.cursor(), events.len()))
+}
+
+async fn park_events(
+    conn: &mut PgConnection,
+    key: &str,
+    held: &[(&RecordedEvent, String, i32)],
+) -> Result<(), sqlx::Error> {
+    let mut txs = Vec::with_capacity(held.len());
+    let mut positions = Vec::with_capacity(held.len());
+    let mut streams = Vec::with_capacity(held.len());
+    let mut ids = Vec::with_capacity(held.len());
+    let mut types = Vec::with_capacity(held.len());
+    let mut errors = Vec::with_capacity(held.len());
+    let mut attempts = Vec::with_capacity(held.len());
+    for (e, error, n) in held {
+        txs.push(e.tx);
+        positions.push(e.position);
+        streams.push(e.stream_id);
+        ids.push(e.event_id);
+        types.push(e.event_type.clone());
+        errors.push(error.clone());
+        attempts.push(*n);
+    }
+    sqlx::query(
+        "INSERT INTO public.projection_parked \
+         (projector, tx, position, stream_id, event_id, event_type, error, attempts) \
+         SELECT $1, * FROM UNNEST($2::bigint[], $3::bigint[], $4::uuid[], $5::uuid[], $6::text[], \
+                                  $7::text[], $8::int[]) \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(key)
+    .bind(&txs)
+    .bind(&positions)
+    .bind(&streams)
+    .bind(&ids)
+    .bind(&types)
+    .bind(&errors)
+    .bind(&attempts)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+fn record_metrics(name: &'static str, key: &str, events: &[RecordedEvent], batch: i64) {
+    if key != name {
+        return;
+    }
+    let Some(last) = events.last() else { return };
+    let now = chrono::Utc::now();
+    let age = (now - last.metadata.occurred_at)
+        .num_microseconds()
+        .unwrap_or(0) as f64
+        / 1e6;
+    metrics::gauge!("chronicle_projection_position", "projector" => name).set(last.position as f64);
+    metrics::counter!("chronicle_projection_events_total", "projector" => name)
+        .increment(events.len() as u64);
+    // Commit-to-visibility: how old the newest event was when its batch became visible.
+    metrics::histogram!("chronicle_projection_visibility_seconds", "projector" => name)
+        .record(age.max(0.0));
+    let behind = if events.len() as i64 >= batch {
+        age.max(0.0)
+    } else {
+        0.0
+    };
+    metrics::gauge!("chronicle_projection_lag_seconds", "projector" => name).set(behind);
+}
+
+/// The lease that makes one instance of a projector active: a session advisory lock held on a
+/// dedicated connection for as long as the worker runs.
+struct Lease {
+    conn: PgConnection,
+}
+
+impl Lease {
+    async fn acquire(pool: &PgPool, key: &str) -> Result<Option<Lease>, sqlx::Error> {
+        let mut conn = pool.acquire().await?.detach();
+        let got: bool = sqlx::query_scalar(
+            "SELECT pg_try_advisory_lock(hashtext('chronicle.projector'), hashtext($1))",
+        )
+        .bind(key)
+        .fetch_one(&mut conn)
+        .await?;
+        Ok(got.then_some(Lease { conn }))
+    }
+
+    async fn check(&mut self) -> Result<(), sqlx::Error> {
+        sqlx::query("SELECT 1")
+            .execute(&mut self.conn)
+            .await
+            .map(|_| ())
+    }
+}
+
+/// What [`retry_parked`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RetryReport {
+    /// Parked events now applied.
+    pub applied: usize,
+    /// Parked events still parked (their stream failed again).
+    pub still_parked: usize,
+}
+
+/// Applies a projector's parked events in log order, each in a savepoint: those that now
+/// apply leave the parking table, and a stream whose event fails again keeps that event and
+/// all its later ones parked. Runs under the checkpoint's row lock, so it never interleaves
+/// with a batch of the worker.
+pub async fn retry_parked(
+    pool: &PgPool,
+    projector: &dyn Projector,
+    key: &str,
+    schema: &str,
+) -> Result<RetryReport, sqlx::Error> {
+    let mut tx: Transaction<'_, Postgres> = pool.begin().await?;
+    sqlx::query("SELECT 1 FROM public.projection_checkpoints WHERE name = $1 FOR UPDATE")
+        .bind(key)
+        .execute(&mut *tx)
+        .await?;
+    let sql = format!(
+        "SELECT {} FROM public.events e JOIN public.projection_parked p \
+           ON p.position = e.position AND p.projector = $1 \
+         ORDER BY p.tx, p.position",
+        schemas::log::EVENT_COLUMNS
+            .split(", ")
+            .map(|c| format!("e.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let rows: Vec<schemas::log::EventRow> =
+        sqlx::query_as(&sql).bind(key).fetch_all(&mut *tx).await?;
+    let events: Vec<RecordedEvent> = rows.into_iter().map(Into::into).collect();
+    let mut report = RetryReport::default();
+    let mut failed: HashSet<Uuid> = HashSet::new();
+    for event in &events {
+        if failed.contains(&event.stream_id) {
+            report.still_parked += 1;
+            continue;
+        }
+        let mut savepoint = sqlx::Connection::begin(&mut *tx).await?;
+        sqlx::query(&format!("SET LOCAL search_path TO {schema}"))
+            .execute(&mut *savepoint)
+            .await?;
+        let outcome = projector
+            .apply(&mut savepoint, std::slice::from_ref(event))
+            .await;
+        match outcome {
+            Ok(()) => {
+                sqlx::query("SET LOCAL search_path TO public")
+                    .execute(&mut *savepoint)
+                    .await?;
+                savepoint.commit().await?;
+                sqlx::query(
+                    "DELETE FROM public.projection_parked WHERE projector = $1 AND position = $2",
+                )
+                .bind(key)
+                .bind(event.position)
+                .execute(&mut *tx)
+                .await?;
+                report.applied += 1;
+            }
+            Err(e) if e.is_transient() => {
+                drop(savepoint);
+                return Err(match e {
+                    ApplyError::Db(e) => e,
+                    ApplyError::Poison(p) => sqlx::Error::Protocol(p),
+                });
+            }
+            Err(e) => {
+                savepoint.rollback().await?;
+                sqlx::query(
+                    "UPDATE public.projection_parked SET error = $3, attempts = attempts + 1 \
+                     WHERE projector = $1 AND position = $2",
+                )
+                .bind(key)
+                .bind(event.position)
+                .bind(e.to_string())
+                .execute(&mut *tx)
+                .await?;
+                failed.insert(event.stream_id);
+                report.still_parked += 1;
+            }
+        }
+    }
+    sqlx::query("SET LOCAL search_path TO public")
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(report)
+}

@@ -1,0 +1,84 @@
+//! Reading the global log: the row mapping of `events` and the commit-safe tail read shared
+//! by the write side and the projectors.
+
+use crate::{Cursor, Metadata, RecordedEvent};
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+/// The columns of `events`, in the order [`EventRow`] reads them.
+pub const EVENT_COLUMNS: &str = "position, tx, event_id, stream_type, stream_id, stream_version, \
+     event_type, schema_version, payload, actor_sub, actor_role, command_id, correlation_id, \
+     causation_id, occurred_at";
+
+/// A row of `events`.
+#[derive(sqlx::FromRow)]
+#[allow(missing_docs)]
+pub struct EventRow {
+    pub position: i64,
+    pub tx: i64,
+    pub event_id: Uuid,
+    pub stream_type: String,
+    pub stream_id: Uuid,
+    pub stream_version: i64,
+    pub event_type: String,
+    pub schema_version: i32,
+    pub payload: serde_json::Value,
+    pub actor_sub: String,
+    pub actor_role: String,
+    pub command_id: Uuid,
+    pub correlation_id: Uuid,
+    pub causation_id: Option<Uuid>,
+    pub occurred_at: DateTime<Utc>,
+}
+
+impl From<EventRow> for RecordedEvent {
+    fn from(r: EventRow) -> Self {
+        RecordedEvent {
+            position: r.position,
+            tx: r.tx,
+            event_id: r.event_id,
+            stream_type: r.stream_type,
+            stream_id: r.stream_id,
+            stream_version: r.stream_version,
+            event_type: r.event_type,
+            schema_version: r.schema_version,
+            payload: r.payload,
+            metadata: Metadata {
+                actor_sub: r.actor_sub,
+                actor_role: r.actor_role,
+                command_id: r.command_id,
+                correlation_id: r.correlation_id,
+                causation_id: r.causation_id,
+                occurred_at: r.occurred_at,
+            },
+        }
+    }
+}
+
+/// Up to `limit` events after `after`, in (tx, position) order, of transactions that can no
+/// longer be joined by an earlier one: only rows of transactions below the oldest one still
+/// running are returned, so a reader that follows the cursors never misses an event that
+/// commits late and never sees one twice. The statement's own snapshot sees all of them,
+/// because every transaction below its xmin has ended.
+pub async fn read_all<'e, E>(
+    executor: E,
+    after: Cursor,
+    limit: i64,
+) -> Result<Vec<RecordedEvent>, sqlx::Error>
+where
+    E: sqlx::PgExecutor<'e>,
+{
+    let sql = format!(
+        "SELECT {EVENT_COLUMNS} FROM events \
+         WHERE (tx, position) > ($1, $2) \
+           AND tx < pg_snapshot_xmin(pg_current_snapshot())::text::bigint \
+         ORDER BY tx, position LIMIT $3"
+    );
+    let rows: Vec<EventRow> = sqlx::query_as(&sql)
+        .bind(after.tx)
+        .bind(after.position)
+        .bind(limit.max(0))
+        .fetch_all(executor)
+        .await?;
+    Ok(rows.into_iter().map(Into::into).collect())
+}
