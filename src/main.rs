@@ -1,4 +1,6 @@
-//! The `chronicle` binary: `serve`, `migrate` and `token`.
+//! The `chronicle` binary: `serve`, `migrate`, `token` and `projections`.
+
+mod projections_cli;
 
 use anyhow::Context;
 use api::{AppState, AuthConfig};
@@ -81,6 +83,11 @@ enum Command {
     },
     /// Create and migrate the database, then exit.
     Migrate,
+    /// Inspect, rebuild and repair the read models.
+    Projections {
+        #[command(subcommand)]
+        action: ProjectionsAction,
+    },
     /// Print a development token signed with the configured secret.
     Token {
         /// The subject.
@@ -92,6 +99,23 @@ enum Command {
         /// Lifetime, such as 1h, 30m, 3600s.
         #[arg(long, default_value = "1h", value_parser = parse_ttl)]
         ttl: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum ProjectionsAction {
+    /// Each projector's position, lag in events and seconds, and parked events.
+    Status,
+    /// Rebuild read models from position 0 into shadow tables while the live ones keep
+    /// serving, then swap them in atomically. An interrupted rebuild resumes.
+    Rebuild {
+        /// A projector's name, or `all`.
+        name: String,
+    },
+    /// Apply parked events again (after a fix); those that fail again stay parked.
+    Retry {
+        /// A projector's name, or `all`.
+        name: String,
     },
 }
 
@@ -188,6 +212,18 @@ async fn main() -> anyhow::Result<()> {
             prepare_database(&cli.database_url, 2).await?;
             tracing::info!("database migrated");
         }
+        Command::Projections { action } => {
+            let pool = prepare_database(&cli.database_url, 4).await?;
+            match action {
+                ProjectionsAction::Status => projections_cli::status(&pool).await?,
+                ProjectionsAction::Rebuild { name } => {
+                    projections_cli::rebuild_cmd(&pool, name).await?
+                }
+                ProjectionsAction::Retry { name } => {
+                    projections_cli::retry_cmd(&pool, name).await?
+                }
+            }
+        }
         Command::Serve {
             listen,
             roles,
@@ -202,10 +238,8 @@ async fn main() -> anyhow::Result<()> {
                     "NATS_URL is not set: no NATS (telemetry over HTTP only, no event fan-out)"
                 );
             }
-            for role in roles {
-                if matches!(role, ServeRole::Projectors | ServeRole::Ingest) {
-                    tracing::info!(?role, "this role has no workers in this version yet");
-                }
+            if roles.contains(&ServeRole::Ingest) {
+                tracing::info!("the ingest role has no workers in this version yet");
             }
             let store = PgEventStore::new(pool.clone(), *writers);
             let service = Arc::new(CommandService::new(
@@ -226,6 +260,17 @@ async fn main() -> anyhow::Result<()> {
                     until,
                 )));
                 tracing::info!("the deadline processes are running");
+            }
+            if roles.contains(&ServeRole::Projectors) {
+                let spawned = projections_cli::spawn_workers(&pool, service.commits(), &stopped);
+                tracing::info!(projectors = spawned.len(), "the projectors are running");
+                workers.extend(spawned.into_iter().map(|h| {
+                    tokio::spawn(async move {
+                        if let Ok(Err(error)) = h.await {
+                            tracing::error!(%error, "a projector stopped");
+                        }
+                    })
+                }));
             }
             let shutdown = async move {
                 shutdown_signal().await;

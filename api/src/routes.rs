@@ -358,7 +358,7 @@ pub(crate) async fn health() -> Response {
     Json(json!({"status": "ok"})).into_response()
 }
 
-#[utoipa::path(get, path = "/ready", tag = "operations", responses((status = 200, description = "database reachable, migrations applied"), (status = 503, description = "not ready", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/ready", tag = "operations", responses((status = 200, description = "database reachable, migrations applied; each projector's position and parked events"), (status = 503, description = "not ready", body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn ready(State(s): State<AppState>) -> Response {
     let expected = schemas::MIGRATOR
         .iter()
@@ -369,7 +369,27 @@ pub(crate) async fn ready(State(s): State<AppState>) -> Response {
             .fetch_one(&s.pool)
             .await;
     match applied {
-        Ok(n) if n >= expected => Json(json!({"status": "ready", "migrations": n})).into_response(),
+        Ok(n) if n >= expected => {
+            // Parked events do not make the service unready (other streams stay current),
+            // but they show here so that an operator sees them.
+            let projectors = projections::status::brief(&s.pool)
+                .await
+                .unwrap_or_default();
+            let parked: i64 = projectors.iter().map(|(_, _, p)| p).sum();
+            let detail: serde_json::Map<String, serde_json::Value> = projectors
+                .into_iter()
+                .map(|(name, position, parked)| {
+                    (name, json!({"position": position, "parked": parked}))
+                })
+                .collect();
+            Json(json!({
+                "status": "ready",
+                "migrations": n,
+                "parked_events": parked,
+                "projections": detail,
+            }))
+            .into_response()
+        }
         Ok(n) => Problem::new(
             503,
             "not_ready",

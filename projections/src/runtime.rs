@@ -104,6 +104,9 @@ pub struct WorkerConfig {
     pub attempts: u32,
     /// The pause before the first retry (doubled each time).
     pub backoff: Duration,
+    /// After a commit signal wakes an idle worker, how long it lets further commits gather
+    /// before it reads: fewer, larger batches under load, at a bounded cost in latency.
+    pub coalesce: Duration,
 }
 
 impl Default for WorkerConfig {
@@ -113,6 +116,7 @@ impl Default for WorkerConfig {
             idle_poll: Duration::from_millis(50),
             attempts: 3,
             backoff: Duration::from_millis(50),
+            coalesce: Duration::from_millis(5),
         }
     }
 }
@@ -215,14 +219,28 @@ impl Worker {
         Ok(step)
     }
 
-    /// Steps until the log is exhausted; calls `progress` with each batch's size.
+    /// Steps until the worker has taken in every event committed when it was called;
+    /// `progress` gets each batch's size and the cursor reached. (An empty read alone does
+    /// not mean the end: any transaction open anywhere in the cluster holds the readable
+    /// horizon back for a moment.)
     pub async fn catch_up(
         &mut self,
         mut progress: impl FnMut(usize, Cursor),
     ) -> Result<(), sqlx::Error> {
+        let head: Option<(i64, i64)> = sqlx::query_as(
+            "SELECT tx, position FROM public.events ORDER BY tx DESC, position DESC LIMIT 1",
+        )
+        .fetch_optional(&self.pool)
+        .await?;
+        let head = head.map(|(tx, position)| Cursor { tx, position });
         loop {
             match self.step().await? {
-                Step::Idle => return Ok(()),
+                Step::Idle => match head {
+                    Some(h) if self.cursor < h => {
+                        tokio::time::sleep(Duration::from_millis(5)).await
+                    }
+                    _ => return Ok(()),
+                },
                 Step::Took(n) => progress(n, self.cursor),
                 Step::Moved => {}
             }
@@ -374,7 +392,10 @@ impl Worker {
                         match wake.as_mut() {
                             Some(w) => tokio::select! {
                                 _ = poll => {}
-                                r = w.changed() => if r.is_err() { wake = None },
+                                r = w.changed() => match r {
+                                    Ok(()) => tokio::time::sleep(self.config.coalesce).await,
+                                    Err(_) => wake = None,
+                                },
                                 _ = shutdown.changed() => {}
                             },
                             None => tokio::select! {

@@ -45,3 +45,14 @@ pub async fn status(pool: &sqlx::PgPool) -> Result<Vec<ProjectorStatus>, sqlx::E
         )
         .collect())
 }
+
+/// Each checkpoint's position and parked events: the cheap part of [`status`], for `/ready`.
+pub async fn brief(pool: &sqlx::PgPool) -> Result<Vec<(String, i64, i64)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT c.name, c.position, \
+                (SELECT count(*) FROM projection_parked p WHERE p.projector = c.name) \
+         FROM projection_checkpoints c ORDER BY c.name",
+    )
+    .fetch_all(pool)
+    .await
+}

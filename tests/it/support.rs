@@ -162,11 +162,22 @@ impl TestApp {
 
     /// The app with a service configuration and a clock.
     pub async fn with_clock(config: ServiceConfig, clock: Arc<dyn commands::Clock>) -> Self {
+        Self::build(config, clock, true).await
+    }
+
+    /// The app without projector workers: the test drives them.
+    pub async fn without_projectors() -> Self {
+        Self::build(ServiceConfig::default(), Arc::new(SystemClock), false).await
+    }
+
+    async fn build(config: ServiceConfig, clock: Arc<dyn commands::Clock>, run: bool) -> Self {
         let db = TestDb::new().await;
         let store = PgEventStore::new(db.pool.clone(), 2);
         let service = CommandService::new(store, clock, config);
         let projectors = tokio::sync::watch::Sender::new(false);
-        spawn_projectors(&db.pool, &service, &projectors);
+        if run {
+            spawn_projectors(&db.pool, &service, &projectors);
+        }
         let auth = AuthConfig::hs256(SECRET, None, None);
         let state = AppState {
             service: Arc::new(service),
