@@ -125,17 +125,19 @@ pub async fn swap(pool: &PgPool, projector: Arc<dyn Projector>) -> Result<Cursor
     // Take in what committed since, inside the lock.
     let mut cursor = worker.cursor();
     loop {
-        let events = schemas::log::read_all(&mut *tx, cursor, REBUILD_BATCH).await?;
-        if events.is_empty() {
+        let (events, end) =
+            schemas::log::read_types(&mut tx, cursor, REBUILD_BATCH, projector.stream_types())
+                .await?;
+        if events.is_empty() && end <= cursor {
             break;
         }
         match take_in(
             &mut tx,
             projector.as_ref(),
-            &key,
-            &schema,
+            (&key, &schema),
             cursor,
             &events,
+            end,
             None,
         )
         .await

@@ -145,7 +145,11 @@ pub struct Worker {
     schema: String,
     config: WorkerConfig,
     cursor: Cursor,
+    /// The next batch, being read from the cursor it names.
+    prefetched: Option<(Cursor, ReadAhead)>,
 }
+
+type ReadAhead = tokio::task::JoinHandle<Result<(Vec<RecordedEvent>, Cursor), sqlx::Error>>;
 
 /// The checkpoint key of a projector's rebuild.
 pub fn rebuild_key(name: &str) -> String {
@@ -174,6 +178,7 @@ impl Worker {
             schema,
             config,
             cursor: Cursor::START,
+            prefetched: None,
         }
     }
 
@@ -207,16 +212,51 @@ impl Worker {
 
     /// Reads the next batch and takes it in. Transient failures come back as errors (nothing
     /// was applied); deterministic ones end in parking, never in an error.
+    ///
+    /// Only events of the projector's stream types are read; the cursor also moves past the
+    /// others. While a full batch is being applied, the next one is already being read on
+    /// another connection.
     pub async fn step(&mut self) -> Result<Step, sqlx::Error> {
-        let events = schemas::log::read_all(&self.pool, self.cursor, self.config.batch).await?;
-        if events.is_empty() {
+        let (events, end) = match self.prefetched.take() {
+            Some((from, handle)) if from == self.cursor => match handle.await {
+                Ok(read) => read?,
+                Err(_) => self.read(self.cursor).await?,
+            },
+            Some((_, handle)) => {
+                handle.abort();
+                self.read(self.cursor).await?
+            }
+            None => self.read(self.cursor).await?,
+        };
+        if events.is_empty() && end <= self.cursor {
             return Ok(Step::Idle);
         }
-        let step = self.take(&events).await?;
+        if events.len() as i64 >= self.config.batch {
+            let pool = self.pool.clone();
+            let types = self.projector.stream_types();
+            let batch = self.config.batch;
+            let handle = tokio::spawn(async move {
+                let mut conn = pool.acquire().await?;
+                schemas::log::read_types(&mut conn, end, batch, types).await
+            });
+            self.prefetched = Some((end, handle));
+        }
+        let step = self.take(&events, end).await?;
         if let Step::Took(_) = step {
             record_metrics(self.projector.name(), &self.key, &events, self.config.batch);
         }
         Ok(step)
+    }
+
+    async fn read(&self, after: Cursor) -> Result<(Vec<RecordedEvent>, Cursor), sqlx::Error> {
+        let mut conn = self.pool.acquire().await?;
+        schemas::log::read_types(
+            &mut conn,
+            after,
+            self.config.batch,
+            self.projector.stream_types(),
+        )
+        .await
     }
 
     /// Steps until the worker has taken in every event committed when it was called;
@@ -247,22 +287,30 @@ impl Worker {
         }
     }
 
-    async fn take(&mut self, events: &[RecordedEvent]) -> Result<Step, sqlx::Error> {
-        match self.commit(events, None).await? {
+    async fn take(&mut self, events: &[RecordedEvent], end: Cursor) -> Result<Step, sqlx::Error> {
+        match self.commit(events, end, None).await? {
             Ok(step) => Ok(step),
-            Err(error) if events.len() == 1 => self.retry_or_park(&events[0], error).await,
+            Err(error) if events.len() == 1 => self.retry_or_park(&events[0], end, error).await,
             Err(_) => {
                 // Find the poison: every event on its own, each with its own retries.
                 let mut took = 0;
                 for event in events {
-                    let step = match self.commit(std::slice::from_ref(event), None).await? {
+                    let at = event.cursor();
+                    let step = match self.commit(std::slice::from_ref(event), at, None).await? {
                         Ok(step) => step,
-                        Err(error) => self.retry_or_park(event, error).await?,
+                        Err(error) => self.retry_or_park(event, at, error).await?,
                     };
                     match step {
                         Step::Took(n) => took += n,
                         Step::Moved => return Ok(Step::Moved),
                         Step::Idle => {}
+                    }
+                }
+                if end > self.cursor {
+                    match self.commit(&[], end, None).await? {
+                        Ok(Step::Moved) => return Ok(Step::Moved),
+                        Ok(_) => {}
+                        Err(e) => return Err(sqlx::Error::Protocol(e)),
                     }
                 }
                 Ok(Step::Took(took))
@@ -273,13 +321,14 @@ impl Worker {
     async fn retry_or_park(
         &mut self,
         event: &RecordedEvent,
+        end: Cursor,
         mut error: String,
     ) -> Result<Step, sqlx::Error> {
         let mut pause = self.config.backoff;
         for _ in 1..self.config.attempts.max(1) {
             tokio::time::sleep(pause).await;
             pause *= 2;
-            match self.commit(std::slice::from_ref(event), None).await? {
+            match self.commit(std::slice::from_ref(event), end, None).await? {
                 Ok(step) => return Ok(step),
                 Err(e) => error = e,
             }
@@ -294,7 +343,7 @@ impl Worker {
         );
         let parked = (error, self.config.attempts.max(1) as i32);
         match self
-            .commit(std::slice::from_ref(event), Some(parked))
+            .commit(std::slice::from_ref(event), end, Some(parked))
             .await?
         {
             Ok(step) => Ok(step),
@@ -308,16 +357,17 @@ impl Worker {
     async fn commit(
         &mut self,
         events: &[RecordedEvent],
+        end: Cursor,
         park: Option<(String, i32)>,
     ) -> Result<Result<Step, String>, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
         let outcome = take_in(
             &mut tx,
             self.projector.as_ref(),
-            &self.key,
-            &self.schema,
+            (&self.key, &self.schema),
             self.cursor,
             events,
+            end,
             park,
         )
         .await;
@@ -427,18 +477,23 @@ pub(crate) enum TakeIn {
     Moved(Cursor),
 }
 
-/// Inside `conn`'s transaction: lock the checkpoint, check it is still at `cursor`, apply the
+/// Inside `conn`'s transaction, for checkpoint `key` writing `schema`: lock the checkpoint, check it is still at `cursor`, apply the
 /// events of the projector's streams that are not parked, park the rest (or all of them, with
 /// `park`), and move the checkpoint past the last event.
 pub(crate) async fn take_in(
     conn: &mut PgConnection,
     projector: &dyn Projector,
-    key: &str,
-    schema: &str,
+    (key, schema): (&str, &str),
     cursor: Cursor,
     events: &[RecordedEvent],
+    end: Cursor,
     park: Option<(String, i32)>,
 ) -> Result<TakeIn, ApplyError> {
+    // Read models are derived data: a commit lost in a crash is lost together with its
+    // checkpoint and simply applied again, so these commits need not wait for the disk.
+    sqlx::query("SET LOCAL synchronous_commit = off")
+        .execute(&mut *conn)
+        .await?;
     let (tx, position): (i64, i64) = sqlx::query_as(
         "SELECT tx, position FROM public.projection_checkpoints WHERE name = $1 FOR UPDATE",
     )
@@ -449,9 +504,14 @@ pub(crate) async fn take_in(
     if stored != cursor {
         return Ok(TakeIn::Moved(stored));
     }
-    let Some(last) = events.last() else {
+    let end = events
+        .last()
+        .map(RecordedEvent::cursor)
+        .unwrap_or(end)
+        .max(end);
+    if end <= cursor {
         return Ok(TakeIn::Took(cursor, 0));
-    };
+    }
     let parked: HashSet<Uuid> = sqlx::query_scalar(
         "SELECT DISTINCT stream_id FROM public.projection_parked WHERE projector = $1",
     )
@@ -496,12 +556,12 @@ pub(crate) async fn take_in(
          SET tx = $2, position = $3, applied = applied + $4, updated_at = now() WHERE name = $1",
     )
     .bind(key)
-    .bind(last.tx)
-    .bind(last.position)
+    .bind(end.tx)
+    .bind(end.position)
     .bind(events.len() as i64)
     .execute(&mut *conn)
     .await?;
-    Ok(TakeIn::Took(last.cursor(), events.len()))
+    Ok(TakeIn::Took(end, events.len()))
 }
 
 async fn park_events(

@@ -82,3 +82,47 @@ where
         .await?;
     Ok(rows.into_iter().map(Into::into).collect())
 }
+
+/// Like [`read_all`], but only events of `stream_types`, and with how far the reader may move
+/// its cursor: when fewer than `limit` events come back, every final event up to the returned
+/// cursor has been considered (the irrelevant ones skipped), so a reader of a few stream types
+/// does not rescan the others on its next read.
+pub async fn read_types(
+    conn: &mut sqlx::PgConnection,
+    after: Cursor,
+    limit: i64,
+    stream_types: &[&str],
+) -> Result<(Vec<RecordedEvent>, Cursor), sqlx::Error> {
+    // The last final event first: the filtered read below runs with a horizon at least as
+    // far, so every final event up to this one is either returned or not of these types.
+    let last: Option<(i64, i64)> = sqlx::query_as(
+        "SELECT tx, position FROM events \
+         WHERE tx < pg_snapshot_xmin(pg_current_snapshot())::text::bigint \
+         ORDER BY tx DESC, position DESC LIMIT 1",
+    )
+    .fetch_optional(&mut *conn)
+    .await?;
+    let sql = format!(
+        "SELECT {EVENT_COLUMNS} FROM events \
+         WHERE (tx, position) > ($1, $2) \
+           AND tx < pg_snapshot_xmin(pg_current_snapshot())::text::bigint \
+           AND stream_type = ANY($4) \
+         ORDER BY tx, position LIMIT $3"
+    );
+    let types: Vec<String> = stream_types.iter().map(|s| s.to_string()).collect();
+    let rows: Vec<EventRow> = sqlx::query_as(&sql)
+        .bind(after.tx)
+        .bind(after.position)
+        .bind(limit.max(1))
+        .bind(&types)
+        .fetch_all(&mut *conn)
+        .await?;
+    let events: Vec<RecordedEvent> = rows.into_iter().map(Into::into).collect();
+    let mut end = events.last().map(RecordedEvent::cursor).unwrap_or(after);
+    if (events.len() as i64) < limit.max(1) {
+        if let Some((tx, position)) = last {
+            end = end.max(Cursor { tx, position });
+        }
+    }
+    Ok((events, end.max(after)))
+}
