@@ -477,9 +477,10 @@ pub(crate) enum TakeIn {
     Moved(Cursor),
 }
 
-/// Inside `conn`'s transaction, for checkpoint `key` writing `schema`: lock the checkpoint, check it is still at `cursor`, apply the
-/// events of the projector's streams that are not parked, park the rest (or all of them, with
-/// `park`), and move the checkpoint past the last event.
+/// Inside `conn`'s transaction, for checkpoint `key` writing `schema`: lock the checkpoint,
+/// check it is still at `cursor`, apply the events of the projector's streams that are not
+/// parked, park the rest (or all of them, with `park`), and move the checkpoint to `end`
+/// (at least past the last event).
 pub(crate) async fn take_in(
     conn: &mut PgConnection,
     projector: &dyn Projector,
