@@ -62,9 +62,16 @@ pub async fn status(pool: &PgPool) -> anyhow::Result<()> {
 pub async fn rebuild_cmd(pool: &PgPool, name: &str) -> anyhow::Result<()> {
     for projector in select(name)? {
         let pname = projector.name();
-        let total: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
-            .fetch_one(pool)
-            .await?;
+        let types: Vec<String> = projector
+            .stream_types()
+            .iter()
+            .map(|t| t.to_string())
+            .collect();
+        let total: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM events WHERE stream_type = ANY($1)")
+                .bind(&types)
+                .fetch_one(pool)
+                .await?;
         let start = rebuild::prepare(pool, projector.as_ref()).await?;
         let done: i64 =
             sqlx::query_scalar("SELECT count(*) FROM events WHERE (tx, position) <= ($1, $2)")
@@ -103,7 +110,7 @@ pub async fn rebuild_cmd(pool: &PgPool, name: &str) -> anyhow::Result<()> {
             .with_context(|| format!("swapping the rebuilt {pname} tables in"))?;
         let secs = begun.elapsed().as_secs_f64();
         println!(
-            "{pname}: rebuilt {} events in {secs:.1} s ({:.0} events/s), live at position {}",
+            "{pname}: rebuilt from {} events of its streams in {secs:.1} s ({:.0} events/s), live at position {}",
             bar.position().saturating_sub(done.max(0) as u64),
             bar.position().saturating_sub(done.max(0) as u64) as f64 / secs.max(1e-9),
             at.position
