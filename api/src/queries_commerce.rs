@@ -4,7 +4,10 @@
 
 use crate::error::Problem;
 use crate::extract::Caller;
-use crate::query::{fresh, not_found, page, reply, unavailable, MinPosition, Params, Viewer};
+use crate::query::{
+    fresh, not_found, page, reply, unavailable, MinPosition, Params, QueryHeaders, QueryProblems,
+    Viewer,
+};
 use crate::routes_pots::PotVisibility;
 use crate::AppState;
 use axum::extract::{Path, State};
@@ -567,67 +570,6 @@ async fn list_devices(
         .await
         .map_err(list_problem)?;
     Ok(reply(at, None, &answer))
-}
-
-// ----- shared documentation -----
-
-/// The headers every query accepts.
-#[derive(Debug, IntoParams)]
-#[into_params(parameter_in = Header)]
-#[allow(dead_code)]
-struct QueryHeaders {
-    /// Read-your-writes: wait (up to 5 s, then 504) until the read model has applied this log
-    /// position, such as the `position` a command answered.
-    #[param(rename = "X-Min-Position")]
-    min_position: Option<i64>,
-}
-
-/// What a query answers when it fails.
-#[derive(utoipa::IntoResponses)]
-#[allow(dead_code)]
-enum QueryProblems {
-    /// 400.
-    #[response(
-        status = 400,
-        description = "a bad path or query parameter, cursor or X-Min-Position (the problem names it)",
-        content_type = "application/problem+json"
-    )]
-    Invalid(Problem),
-    /// 401.
-    #[response(
-        status = 401,
-        description = "no or bad credentials",
-        content_type = "application/problem+json"
-    )]
-    Unauthorized(Problem),
-    /// 403.
-    #[response(
-        status = 403,
-        description = "another owner's aggregate, or not allowed for this subject",
-        content_type = "application/problem+json"
-    )]
-    Forbidden(Problem),
-    /// 404.
-    #[response(
-        status = 404,
-        description = "unknown id",
-        content_type = "application/problem+json"
-    )]
-    NotFound(Problem),
-    /// 503.
-    #[response(
-        status = 503,
-        description = "the read model could not be queried; retry",
-        content_type = "application/problem+json"
-    )]
-    Unavailable(Problem),
-    /// 504.
-    #[response(
-        status = 504,
-        description = "the read model had not applied X-Min-Position within 5 s",
-        content_type = "application/problem+json"
-    )]
-    Behind(Problem),
 }
 
 // The wire shapes, for the OpenAPI description (the answers are the `projections::commerce`

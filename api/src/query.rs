@@ -14,6 +14,7 @@ use projections::Freshness;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::time::Duration;
+use utoipa::IntoParams;
 use uuid::Uuid;
 
 /// How long a query waits for its read model to reach `X-Min-Position`.
@@ -216,4 +217,63 @@ impl Viewer {
 /// 404 for an id no read model row has.
 pub fn not_found(what: &str) -> Problem {
     Problem::new(404, "not_found", format!("no such {what}"))
+}
+
+/// The headers every query accepts.
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)]
+pub(crate) struct QueryHeaders {
+    /// Read-your-writes: wait (up to 5 s, then 504) until the read model has applied this log
+    /// position, such as the `position` a command answered.
+    #[param(rename = "X-Min-Position")]
+    min_position: Option<i64>,
+}
+
+/// What a query answers when it fails.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+pub(crate) enum QueryProblems {
+    /// 400.
+    #[response(
+        status = 400,
+        description = "a bad path or query parameter, cursor or X-Min-Position (the problem names it)",
+        content_type = "application/problem+json"
+    )]
+    Invalid(Problem),
+    /// 401.
+    #[response(
+        status = 401,
+        description = "no or bad credentials",
+        content_type = "application/problem+json"
+    )]
+    Unauthorized(Problem),
+    /// 403.
+    #[response(
+        status = 403,
+        description = "another owner's aggregate, or not allowed for this subject",
+        content_type = "application/problem+json"
+    )]
+    Forbidden(Problem),
+    /// 404.
+    #[response(
+        status = 404,
+        description = "unknown id",
+        content_type = "application/problem+json"
+    )]
+    NotFound(Problem),
+    /// 503.
+    #[response(
+        status = 503,
+        description = "the read model could not be queried; retry",
+        content_type = "application/problem+json"
+    )]
+    Unavailable(Problem),
+    /// 504.
+    #[response(
+        status = 504,
+        description = "the read model had not applied X-Min-Position within 5 s",
+        content_type = "application/problem+json"
+    )]
+    Behind(Problem),
 }
