@@ -12,7 +12,7 @@ use tokio::sync::watch;
 /// lease.
 pub fn spawn_workers(
     pool: &PgPool,
-    wake: watch::Receiver<u64>,
+    wake: watch::Receiver<std::collections::BTreeMap<&'static str, u64>>,
     shutdown: &watch::Receiver<bool>,
 ) -> Vec<tokio::task::JoinHandle<anyhow::Result<()>>> {
     projections::all()

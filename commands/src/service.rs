@@ -239,6 +239,9 @@ impl Default for ServiceConfig {
 /// The in-process lock of one idempotency key.
 type KeyLock = Arc<AsyncMutex<()>>;
 
+/// Commits per stream type (`wallet`, `order`, ...) since the service started.
+pub type CommitCounts = std::collections::BTreeMap<&'static str, u64>;
+
 /// Handles commands: loads aggregates, checks rules, appends events.
 pub struct CommandService {
     pub(crate) store: Arc<dyn EventStore>,
@@ -252,7 +255,7 @@ pub struct CommandService {
     pub(crate) devices: Repo<Device>,
     subjects: Mutex<HashMap<String, Uuid>>,
     idempotency_locks: Mutex<HashMap<(String, String), KeyLock>>,
-    pub(crate) commits: tokio::sync::watch::Sender<u64>,
+    pub(crate) commits: tokio::sync::watch::Sender<CommitCounts>,
 }
 
 impl CommandService {
@@ -270,13 +273,14 @@ impl CommandService {
             config,
             subjects: Mutex::new(HashMap::new()),
             idempotency_locks: Mutex::new(HashMap::new()),
-            commits: tokio::sync::watch::Sender::new(0),
+            commits: tokio::sync::watch::Sender::new(CommitCounts::new()),
         }
     }
 
-    /// A signal that changes after every commit of this service: in-process readers of the
-    /// log (projectors) wait on it instead of polling.
-    pub fn commits(&self) -> tokio::sync::watch::Receiver<u64> {
+    /// A signal that changes after every commit of this service, counting commits per stream
+    /// type: in-process readers of the log (projectors) wait on it instead of polling, and
+    /// only wake for the stream types they read.
+    pub fn commits(&self) -> tokio::sync::watch::Receiver<CommitCounts> {
         self.commits.subscribe()
     }
 

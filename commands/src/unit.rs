@@ -428,9 +428,15 @@ impl CommandService {
                     .collect(),
                 idempotency,
             };
+            let types: Vec<&'static str> = request.streams.iter().map(|w| w.stream_type).collect();
             match self.store.append(request).await {
                 Ok(appended) => {
-                    self.commits.send_modify(|n| *n = n.wrapping_add(1));
+                    self.commits.send_modify(|counts| {
+                        for t in types {
+                            let n = counts.entry(t).or_insert(0);
+                            *n = n.wrapping_add(1);
+                        }
+                    });
                     for (id, d) in decided {
                         if let Some(slot) = locked.slots.get_mut(&id) {
                             slot.set(d.next, d.version);

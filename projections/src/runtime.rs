@@ -116,7 +116,7 @@ impl Default for WorkerConfig {
             idle_poll: Duration::from_millis(50),
             attempts: 3,
             backoff: Duration::from_millis(50),
-            coalesce: Duration::from_millis(5),
+            coalesce: Duration::from_millis(10),
         }
     }
 }
@@ -394,7 +394,7 @@ impl Worker {
     /// holds it), steps while there is work, and waits for a commit signal or the idle poll.
     pub async fn run(
         mut self,
-        mut wake: Option<watch::Receiver<u64>>,
+        mut wake: Option<watch::Receiver<std::collections::BTreeMap<&'static str, u64>>>,
         mut shutdown: watch::Receiver<bool>,
     ) -> anyhow::Result<()> {
         let name = self.projector.name();
@@ -439,17 +439,39 @@ impl Worker {
                     }
                     Ok(Step::Idle) => {
                         let poll = tokio::time::sleep(self.config.idle_poll);
+                        tokio::pin!(poll);
+                        let types = self.projector.stream_types();
+                        let relevant = |counts: &std::collections::BTreeMap<&'static str, u64>| {
+                            types
+                                .iter()
+                                .map(|t| counts.get(t).copied().unwrap_or(0))
+                                .sum::<u64>()
+                        };
                         match wake.as_mut() {
-                            Some(w) => tokio::select! {
-                                _ = poll => {}
-                                r = w.changed() => match r {
-                                    Ok(()) => tokio::time::sleep(self.config.coalesce).await,
-                                    Err(_) => wake = None,
-                                },
-                                _ = shutdown.changed() => {}
-                            },
+                            Some(w) => {
+                                let seen = relevant(&w.borrow_and_update());
+                                // Commits of other stream types do not wake this projector.
+                                loop {
+                                    tokio::select! {
+                                        _ = &mut poll => break,
+                                        r = w.changed() => match r {
+                                            Ok(()) => {
+                                                if relevant(&w.borrow_and_update()) != seen {
+                                                    tokio::time::sleep(self.config.coalesce).await;
+                                                    break;
+                                                }
+                                            }
+                                            Err(_) => {
+                                                wake = None;
+                                                break;
+                                            }
+                                        },
+                                        _ = shutdown.changed() => break,
+                                    }
+                                }
+                            }
                             None => tokio::select! {
-                                _ = poll => {}
+                                _ = &mut poll => {}
                                 _ = shutdown.changed() => {}
                             },
                         }
@@ -490,13 +512,15 @@ pub(crate) async fn take_in(
     end: Cursor,
     park: Option<(String, i32)>,
 ) -> Result<TakeIn, ApplyError> {
-    // Read models are derived data: a commit lost in a crash is lost together with its
-    // checkpoint and simply applied again, so these commits need not wait for the disk.
-    sqlx::query("SET LOCAL synchronous_commit = off")
-        .execute(&mut *conn)
-        .await?;
-    let (tx, position): (i64, i64) = sqlx::query_as(
-        "SELECT tx, position FROM public.projection_checkpoints WHERE name = $1 FOR UPDATE",
+    // One round trip: lock the checkpoint, read the parked streams, and commit without
+    // waiting for the disk (read models are derived data: a commit lost in a crash is lost
+    // together with its checkpoint, and the events are simply applied again).
+    let (tx, position, parked, _): (i64, i64, Option<Vec<Uuid>>, String) = sqlx::query_as(
+        "SELECT tx, position, \
+                (SELECT array_agg(DISTINCT stream_id) FROM public.projection_parked \
+                  WHERE projector = $1), \
+                set_config('synchronous_commit', 'off', true) \
+         FROM public.projection_checkpoints WHERE name = $1 FOR UPDATE",
     )
     .bind(key)
     .fetch_one(&mut *conn)
@@ -513,14 +537,7 @@ pub(crate) async fn take_in(
     if end <= cursor {
         return Ok(TakeIn::Took(cursor, 0));
     }
-    let parked: HashSet<Uuid> = sqlx::query_scalar(
-        "SELECT DISTINCT stream_id FROM public.projection_parked WHERE projector = $1",
-    )
-    .bind(key)
-    .fetch_all(&mut *conn)
-    .await?
-    .into_iter()
-    .collect();
+    let parked: HashSet<Uuid> = parked.unwrap_or_default().into_iter().collect();
     let types = projector.stream_types();
     let mut apply = Vec::with_capacity(events.len());
     let mut held: Vec<(&RecordedEvent, String, i32)> = Vec::new();
@@ -541,13 +558,11 @@ pub(crate) async fn take_in(
         }
     }
     if !apply.is_empty() {
+        // Everything the runtime writes after this names its schema.
         sqlx::query(&format!("SET LOCAL search_path TO {schema}"))
             .execute(&mut *conn)
             .await?;
         projector.apply(&mut *conn, &apply).await?;
-        sqlx::query("SET LOCAL search_path TO public")
-            .execute(&mut *conn)
-            .await?;
     }
     if !held.is_empty() {
         park_events(&mut *conn, key, &held).await?;
