@@ -2,7 +2,14 @@
 # Chronicle's benchmark command (not a test).
 #
 #   deploy/bench.sh [deposits|long-stream|all] [--duration 30] [--concurrency 32] [...]
+#   deploy/bench.sh rebuild [--events 1000000] [--accounts 2000] [--concurrency 32]
+#   deploy/bench.sh lag [--duration 30] [--concurrency 32] [--probe-interval-ms 20]
 #   deploy/bench.sh --help
+#
+# rebuild: loads a mix of commands over HTTP (server with --roles api), then rebuilds every
+# read model in-process and compares with raw multi-row INSERTs of the same rows.
+# lag: server with --roles api,projectors,processes under the deposits load; measures how long
+# after a deposit's answer its event is applied by the wallets and stats projectors.
 #
 # Builds the release binaries, then runs target/release/chronicle-bench, which creates a fresh
 # database chronicle_bench_<random> on BENCH_DATABASE_URL (default

@@ -5,6 +5,8 @@
 //! prints a table. The child is killed and the database dropped at the end, also on error or
 //! Ctrl-C. Run it through `deploy/bench.sh`; see docs/benchmarks.md.
 
+mod read_side;
+
 use anyhow::{anyhow, bail, Context};
 use clap::{Parser, ValueEnum};
 use serde_json::{json, Value};
@@ -29,6 +31,11 @@ enum Scenario {
     LongStream,
     /// Both, in one database and one run.
     All,
+    /// Load a realistic mix of commands (API only), then rebuild every read model from
+    /// position 0 in-process, against a raw multi-row INSERT of the rebuilt rows.
+    Rebuild,
+    /// Live lag of the read models (all roles) while deposits load the server.
+    Lag,
 }
 
 /// Chronicle's benchmark: commands over HTTP against a raw PostgreSQL baseline.
@@ -59,6 +66,19 @@ struct Args {
     /// long-stream: server restarts for the cold first-command measurement.
     #[arg(long, default_value_t = 2)]
     restarts: usize,
+    /// rebuild: events to load into the log before rebuilding (at least this many).
+    #[arg(long, default_value_t = 1_000_000)]
+    events: i64,
+    /// rebuild: customer accounts (each with one EUR wallet) the command mix runs between.
+    #[arg(long, default_value_t = 2_000)]
+    accounts: usize,
+    /// rebuild: projectors rebuilt at once (1 = one after the other, as `chronicle projections
+    /// rebuild all` does); the raw baseline inserts as many projectors' tables at once.
+    #[arg(long, default_value_t = 1)]
+    rebuild_jobs: usize,
+    /// lag: milliseconds between two probes (each one deposit, then polling its visibility).
+    #[arg(long, default_value_t = 20)]
+    probe_interval_ms: u64,
     /// PostgreSQL server to create the benchmark database on (any database of it).
     #[arg(
         long,
@@ -280,11 +300,14 @@ struct Server {
 }
 
 impl Server {
+    /// Starts `chronicle serve` with `roles` (`--roles`), or with BENCH_SERVER_ROLES when
+    /// `roles` is `None`, or with the server's default roles when neither is set.
     async fn start(
         bin: &Path,
         database_url: &str,
         secret: &str,
         log: &Path,
+        roles: Option<&str>,
     ) -> anyhow::Result<Server> {
         let addr = format!("127.0.0.1:{}", free_port()?);
         let out = OpenOptions::new()
@@ -294,7 +317,10 @@ impl Server {
             .with_context(|| format!("cannot open {}", log.display()))?;
         let mut args = vec!["serve".to_owned(), "--listen".to_owned(), addr.clone()];
         // BENCH_SERVER_ROLES (e.g. `api`) runs only some parts of the server.
-        if let Ok(roles) = std::env::var("BENCH_SERVER_ROLES") {
+        let roles = roles
+            .map(str::to_owned)
+            .or_else(|| std::env::var("BENCH_SERVER_ROLES").ok());
+        if let Some(roles) = roles {
             args.extend(["--roles".to_owned(), roles]);
         }
         let child = Command::new(bin)
@@ -519,7 +545,19 @@ impl Ctx {
     }
 
     async fn start_server(&self) -> anyhow::Result<Server> {
-        Server::start(&self.bin, &self.db_url, &self.secret, &self.log).await
+        Server::start(&self.bin, &self.db_url, &self.secret, &self.log, None).await
+    }
+
+    /// Starts the server with exactly these `--roles` (BENCH_SERVER_ROLES is not consulted).
+    async fn start_server_with_roles(&self, roles: &str) -> anyhow::Result<Server> {
+        Server::start(
+            &self.bin,
+            &self.db_url,
+            &self.secret,
+            &self.log,
+            Some(roles),
+        )
+        .await
     }
 }
 
@@ -546,6 +584,30 @@ async fn run_deposits(ctx: &Ctx, server: &Server) -> anyhow::Result<DepositsRepo
     let payments = Arc::new(ctx.token("bench-payments", "payments")?);
 
     eprintln!("deposits: opening {n} customers with one EUR wallet each");
+    let wallets = open_deposit_wallets(ctx, &api, n).await?;
+
+    eprintln!(
+        "deposits: {n} clients posting deposits for {} s",
+        duration.as_secs()
+    );
+    let wal0 = wal_sample(&ctx.db_url).await;
+    let cpu0 = cpu_sample(Some(server.pid()));
+    let mut commands = deposit_load(&api, wallets, payments, duration).await?;
+    commands.cpu = cpu_share(&cpu0, &cpu_sample(Some(server.pid())));
+    commands.wal = wal_delta(wal0, wal_sample(&ctx.db_url).await);
+    eprintln!(
+        "deposits: {} commands, {:.0}/s, {} errors",
+        commands.latencies_us.len(),
+        commands.rate(),
+        commands.errors
+    );
+
+    let raw = run_raw_inserts(ctx, server, n, duration).await?;
+    Ok(DepositsReport { commands, raw })
+}
+
+/// Opens `n` customers (`bench-customer-<i>`) with one EUR wallet each; returns the wallets.
+async fn open_deposit_wallets(ctx: &Ctx, api: &Api, n: usize) -> anyhow::Result<Vec<Uuid>> {
     let mut wallets = Vec::with_capacity(n);
     for i in 0..n {
         let sub = format!("bench-customer-{i}");
@@ -555,13 +617,17 @@ async fn run_deposits(ctx: &Ctx, server: &Server) -> anyhow::Result<DepositsRepo
                 .await?,
         );
     }
+    Ok(wallets)
+}
 
-    eprintln!(
-        "deposits: {n} clients posting deposits for {} s",
-        duration.as_secs()
-    );
-    let wal0 = wal_sample(&ctx.db_url).await;
-    let cpu0 = cpu_sample(Some(server.pid()));
+/// One task per wallet posting deposits to it, one at a time, for `duration`; the merged
+/// latencies (named "deposit commands (HTTP)"), finished with the elapsed time.
+async fn deposit_load(
+    api: &Api,
+    wallets: Vec<Uuid>,
+    payments: Arc<String>,
+    duration: Duration,
+) -> anyhow::Result<Stats> {
     let start = Instant::now();
     let deadline = start + duration;
     let mut set = JoinSet::new();
@@ -584,17 +650,7 @@ async fn run_deposits(ctx: &Ctx, server: &Server) -> anyhow::Result<DepositsRepo
         commands.merge(r??);
     }
     commands.finish(start.elapsed());
-    commands.cpu = cpu_share(&cpu0, &cpu_sample(Some(server.pid())));
-    commands.wal = wal_delta(wal0, wal_sample(&ctx.db_url).await);
-    eprintln!(
-        "deposits: {} commands, {:.0}/s, {} errors",
-        commands.latencies_us.len(),
-        commands.rate(),
-        commands.errors
-    );
-
-    let raw = run_raw_inserts(ctx, server, n, duration).await?;
-    Ok(DepositsReport { commands, raw })
+    Ok(commands)
 }
 
 /// The raw baseline's table: `events` as the migrations made it (columns, defaults, identity,
@@ -984,6 +1040,11 @@ async fn describe_setup(admin_url: &str, ctx: &Ctx) -> String {
 
 async fn run(ctx: &Ctx, admin_url: &str) -> anyhow::Result<()> {
     let scenario = ctx.args.scenario;
+    match scenario {
+        Scenario::Rebuild => return read_side::run_rebuild(ctx, admin_url).await,
+        Scenario::Lag => return read_side::run_lag(ctx, admin_url).await,
+        Scenario::Deposits | Scenario::LongStream | Scenario::All => {}
+    }
     let mut server = ctx.start_server().await?;
     eprintln!(
         "chronicle is serving at {} (pid {})",
@@ -1042,6 +1103,9 @@ async fn main() -> std::process::ExitCode {
 async fn bench(args: Args) -> anyhow::Result<()> {
     if args.concurrency == 0 || args.duration == 0 {
         bail!("--concurrency and --duration must be at least 1");
+    }
+    if args.scenario == Scenario::Rebuild && (args.events < 1 || args.accounts < 2) {
+        bail!("rebuild needs --events >= 1 and --accounts >= 2");
     }
     let bin = match &args.chronicle_bin {
         Some(b) => b.clone(),
