@@ -2,9 +2,10 @@
 //! workers `serve` runs.
 
 use anyhow::Context;
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use projections::{rebuild, Projector, Worker, WorkerConfig};
 use sqlx::PgPool;
+use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::sync::watch;
 
@@ -60,62 +61,88 @@ pub async fn status(pool: &PgPool) -> anyhow::Result<()> {
 
 /// Rebuilds `name` (or all) into shadow tables with a progress bar, then swaps them in.
 pub async fn rebuild_cmd(pool: &PgPool, name: &str) -> anyhow::Result<()> {
-    for projector in select(name)? {
+    let projectors = select(name)?;
+    // The shared reader, one connection per projector applying, and one to spare.
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(projectors.len() as u32 + 2)
+        .connect_with((*pool.connect_options()).clone())
+        .await
+        .context("cannot connect to PostgreSQL")?;
+    let bars = MultiProgress::new();
+    let style = ProgressStyle::with_template(
+        "{prefix:>10} [{bar:40}] {pos}/{len} events  {per_sec}  ETA {eta}",
+    )
+    .context("progress style")?
+    .progress_chars("=> ");
+    let mut by_name = HashMap::new();
+    let mut resumed_from = HashMap::new();
+    for projector in &projectors {
         let pname = projector.name();
         let types: Vec<String> = projector
             .stream_types()
             .iter()
             .map(|t| t.to_string())
             .collect();
-        let total: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM events WHERE stream_type = ANY($1)")
-                .bind(&types)
-                .fetch_one(pool)
-                .await?;
-        let start = rebuild::prepare(pool, projector.as_ref()).await?;
-        let done: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM events WHERE (tx, position) <= ($1, $2)")
-                .bind(start.tx)
-                .bind(start.position)
-                .fetch_one(pool)
-                .await?;
+        let start = rebuild::prepare(&pool, projector.as_ref()).await?;
+        let (total, done): (i64, i64) = sqlx::query_as(
+            "SELECT count(*), count(*) FILTER (WHERE (tx, position) <= ($2, $3)) \
+             FROM events WHERE stream_type = ANY($1)",
+        )
+        .bind(&types)
+        .bind(start.tx)
+        .bind(start.position)
+        .fetch_one(&pool)
+        .await?;
         if done > 0 {
-            eprintln!(
+            bars.println(format!(
                 "{pname}: resuming an interrupted rebuild at position {}",
                 start.position
-            );
+            ))?;
         }
-        let bar = ProgressBar::new(total.max(0) as u64);
-        bar.set_style(
-            ProgressStyle::with_template(
-                "{prefix:>10} [{bar:40}] {pos}/{len} events  {per_sec}  ETA {eta}",
-            )
-            .context("progress style")?
-            .progress_chars("=> "),
-        );
+        let bar = bars.add(ProgressBar::new(total.max(0) as u64));
+        bar.set_style(style.clone());
         bar.set_prefix(pname);
         bar.set_position(done.max(0) as u64);
-        let begun = std::time::Instant::now();
-        rebuild::build_shadow(pool, projector.clone(), |n, _| {
+        resumed_from.insert(pname, done.max(0) as u64);
+        by_name.insert(pname, bar);
+    }
+    let begun = std::time::Instant::now();
+    let bars_of = by_name.clone();
+    rebuild::build_all(&pool, projectors.clone(), move |pname, n, _| {
+        if let Some(bar) = bars_of.get(pname) {
             if bar.position() + n as u64 > bar.length().unwrap_or(0) {
                 bar.set_length(bar.position() + n as u64);
             }
-            bar.inc(n as u64)
-        })
-        .await
-        .with_context(|| format!("rebuilding {pname}"))?;
+            bar.inc(n as u64);
+        }
+    })
+    .await
+    .with_context(|| format!("rebuilding {name}"))?;
+    let secs = begun.elapsed().as_secs_f64();
+    for bar in by_name.values() {
         bar.finish();
-        let at = rebuild::swap(pool, projector.clone())
+    }
+    let read: u64 = sqlx::query_scalar::<_, i64>("SELECT count(*) FROM events")
+        .fetch_one(&pool)
+        .await?
+        .max(0) as u64;
+    println!(
+        "rebuilt {} projector(s) in {secs:.1} s, reading the log of {read} events once ({:.0} events/s)",
+        projectors.len(),
+        read as f64 / secs.max(1e-9)
+    );
+    for projector in projectors {
+        let pname = projector.name();
+        let at = rebuild::swap(&pool, projector.clone())
             .await
             .with_context(|| format!("swapping the rebuilt {pname} tables in"))?;
-        let secs = begun.elapsed().as_secs_f64();
+        let took = by_name[pname].position() - resumed_from[pname];
         println!(
-            "{pname}: rebuilt from {} events of its streams in {secs:.1} s ({:.0} events/s), live at position {}",
-            bar.position().saturating_sub(done.max(0) as u64),
-            bar.position().saturating_sub(done.max(0) as u64) as f64 / secs.max(1e-9),
+            "{pname}: took in {took} events of its streams, live at position {}",
             at.position
         );
     }
+    pool.close().await;
     Ok(())
 }
 

@@ -72,10 +72,6 @@ struct Args {
     /// rebuild: customer accounts (each with one EUR wallet) the command mix runs between.
     #[arg(long, default_value_t = 2_000)]
     accounts: usize,
-    /// rebuild: projectors rebuilt at once (1 = one after the other, as `chronicle projections
-    /// rebuild all` does); the raw baseline inserts as many projectors' tables at once.
-    #[arg(long, default_value_t = 1)]
-    rebuild_jobs: usize,
     /// lag: milliseconds between two probes (each one deposit, then polling its visibility).
     #[arg(long, default_value_t = 20)]
     probe_interval_ms: u64,

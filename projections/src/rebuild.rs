@@ -4,10 +4,13 @@
 //! any other (`rebuild:<name>`), so an interrupted rebuild resumes where it stopped.
 
 use crate::runtime::{rebuild_key, take_in, TakeIn, Worker, WorkerConfig, LIVE_SCHEMA};
-use crate::Projector;
-use schemas::Cursor;
+use crate::{Projector, Step};
+use schemas::{Cursor, RecordedEvent};
 use sqlx::PgPool;
 use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 
 /// The schema holding a projector's shadow tables.
 pub fn shadow_schema(name: &str) -> String {
@@ -72,6 +75,114 @@ pub async fn build_shadow(
     worker.load().await?;
     worker.catch_up(progress).await?;
     Ok(worker.cursor())
+}
+
+/// Events read from the log per batch by the shared reader of [`build_all`].
+pub const SHARED_READ_BATCH: i64 = 10_000;
+
+/// Batches read ahead of the slowest projector by [`build_all`].
+const READ_AHEAD: usize = 4;
+
+/// Replays the log into the shadow tables of several projectors at once (a `rebuild all`):
+/// one reader reads and decodes the log once, in commit order, and hands each projector the
+/// events of its stream types; every projector applies them on its own connection, so
+/// reading and the projectors' writes overlap. Each projector's shadow checkpoint moves with
+/// its own writes, so an interrupted run resumes each one where it stopped. `progress` gets
+/// the projector's name, the number of its events taken in and the cursor reached.
+pub async fn build_all(
+    pool: &PgPool,
+    projectors: Vec<Arc<dyn Projector>>,
+    progress: impl Fn(&'static str, usize, Cursor) + Send + Sync + 'static,
+) -> Result<Vec<Cursor>, sqlx::Error> {
+    let mut workers = Vec::with_capacity(projectors.len());
+    for projector in &projectors {
+        prepare(pool, projector.as_ref()).await?;
+        let mut worker = shadow_worker(pool, projector.clone());
+        worker.load().await?;
+        workers.push(worker);
+    }
+    let Some(start) = workers.iter().map(Worker::cursor).min() else {
+        return Ok(Vec::new());
+    };
+    let head: Option<(i64, i64)> = sqlx::query_as(
+        "SELECT tx, position FROM public.events ORDER BY tx DESC, position DESC LIMIT 1",
+    )
+    .fetch_optional(pool)
+    .await?;
+    let head = head.map(|(tx, position)| Cursor { tx, position });
+
+    type Batch = (Vec<RecordedEvent>, Cursor);
+    let progress = Arc::new(progress);
+    let mut senders: Vec<mpsc::Sender<Batch>> = Vec::with_capacity(workers.len());
+    let mut appliers = JoinSet::new();
+    for (i, mut worker) in workers.into_iter().enumerate() {
+        let (send, mut receive) = mpsc::channel::<Batch>(READ_AHEAD);
+        senders.push(send);
+        let progress = progress.clone();
+        appliers.spawn(async move {
+            while let Some((events, end)) = receive.recv().await {
+                if let Step::Took(n) = worker.feed(&events, end).await? {
+                    progress(worker.name(), n, worker.cursor());
+                }
+            }
+            Ok::<_, sqlx::Error>((i, worker.cursor()))
+        });
+    }
+
+    let types: Vec<&'static [&'static str]> = projectors.iter().map(|p| p.stream_types()).collect();
+    let reader = async {
+        let mut cursor = start;
+        loop {
+            let events = schemas::log::read_all(pool, cursor, SHARED_READ_BATCH).await?;
+            let Some(end) = events.last().map(RecordedEvent::cursor) else {
+                match head {
+                    Some(h) if cursor < h => {
+                        // A transaction elsewhere holds the readable horizon back.
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                        continue;
+                    }
+                    _ => return Ok::<_, sqlx::Error>(()),
+                }
+            };
+            cursor = end;
+            // Hand every event to each projector of its stream type: moved to the last one
+            // that wants it, cloned for the others.
+            let mut parts: Vec<Vec<RecordedEvent>> = vec![Vec::new(); senders.len()];
+            for event in events {
+                let wanting: Vec<usize> = (0..types.len())
+                    .filter(|&i| types[i].contains(&event.stream_type.as_str()))
+                    .collect();
+                if let Some((&last, others)) = wanting.split_last() {
+                    for &i in others {
+                        parts[i].push(event.clone());
+                    }
+                    parts[last].push(event);
+                }
+            }
+            for (send, part) in senders.iter().zip(parts) {
+                if send.send((part, end)).await.is_err() {
+                    // The applier stopped with an error, reported below.
+                    return Ok(());
+                }
+            }
+        }
+    };
+    let read = reader.await;
+    drop(senders);
+    let mut cursors = vec![Cursor::START; projectors.len()];
+    let mut failed = None;
+    while let Some(done) = appliers.join_next().await {
+        match done {
+            Ok(Ok((i, cursor))) => cursors[i] = cursor,
+            Ok(Err(e)) => failed = failed.or(Some(e)),
+            Err(e) => failed = failed.or(Some(sqlx::Error::Protocol(e.to_string()))),
+        }
+    }
+    read?;
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(cursors),
+    }
 }
 
 /// Rows that differ between the live and the shadow tables, per table: (table, rows only in

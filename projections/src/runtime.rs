@@ -248,6 +248,27 @@ impl Worker {
         Ok(step)
     }
 
+    /// Takes in a batch that a shared reader read for several workers: `events` are the
+    /// batch's events of this projector's stream types, `end` the cursor the reader reached
+    /// (every event up to it was in this batch or an earlier one). Events at or before the
+    /// worker's cursor (a resumed worker) are skipped.
+    pub async fn feed(
+        &mut self,
+        events: &[RecordedEvent],
+        end: Cursor,
+    ) -> Result<Step, sqlx::Error> {
+        if end <= self.cursor {
+            return Ok(Step::Idle);
+        }
+        let skip = events.partition_point(|e| e.cursor() <= self.cursor);
+        let events = &events[skip..];
+        let step = self.take(events, end).await?;
+        if let Step::Took(_) = step {
+            record_metrics(self.projector.name(), &self.key, events, self.config.batch);
+        }
+        Ok(step)
+    }
+
     async fn read(&self, after: Cursor) -> Result<(Vec<RecordedEvent>, Cursor), sqlx::Error> {
         let mut conn = self.pool.acquire().await?;
         schemas::log::read_types(
@@ -539,30 +560,40 @@ pub(crate) async fn take_in(
     }
     let parked: HashSet<Uuid> = parked.unwrap_or_default().into_iter().collect();
     let types = projector.stream_types();
-    let mut apply = Vec::with_capacity(events.len());
+    let own = |e: &&RecordedEvent| types.contains(&e.stream_type.as_str());
     let mut held: Vec<(&RecordedEvent, String, i32)> = Vec::new();
-    for e in events
-        .iter()
-        .filter(|e| types.contains(&e.stream_type.as_str()))
+    // The usual batch (only the projector's own events, none parked) is applied as it is;
+    // otherwise the events to apply are picked out.
+    let picked: Option<Vec<RecordedEvent>> = if park.is_none()
+        && events
+            .iter()
+            .all(|e| own(&e) && !parked.contains(&e.stream_id))
     {
-        if let Some((error, attempts)) = &park {
-            held.push((e, error.clone(), *attempts));
-        } else if parked.contains(&e.stream_id) {
-            held.push((
-                e,
-                "held back: an earlier event of its stream is parked".into(),
-                0,
-            ));
-        } else {
-            apply.push(e.clone());
+        None
+    } else {
+        let mut apply = Vec::with_capacity(events.len());
+        for e in events.iter().filter(own) {
+            if let Some((error, attempts)) = &park {
+                held.push((e, error.clone(), *attempts));
+            } else if parked.contains(&e.stream_id) {
+                held.push((
+                    e,
+                    "held back: an earlier event of its stream is parked".into(),
+                    0,
+                ));
+            } else {
+                apply.push(e.clone());
+            }
         }
-    }
+        Some(apply)
+    };
+    let apply = picked.as_deref().unwrap_or(events);
     if !apply.is_empty() {
         // Everything the runtime writes after this names its schema.
         sqlx::query(&format!("SET LOCAL search_path TO {schema}"))
             .execute(&mut *conn)
             .await?;
-        projector.apply(&mut *conn, &apply).await?;
+        projector.apply(&mut *conn, apply).await?;
     }
     if !held.is_empty() {
         park_events(&mut *conn, key, &held).await?;

@@ -285,10 +285,11 @@ async fn caught_up(pool: &PgPool) {
 }
 
 async fn assert_rebuilds_equal_live(pool: &PgPool) {
+    // `rebuild all`: one shared read of the log, every projector applying at once.
+    rebuild::build_all(pool, projections::all(), |_, _, _| {})
+        .await
+        .expect("build the shadows");
     for projector in projections::all() {
-        rebuild::build_shadow(pool, projector.clone(), |_, _| {})
-            .await
-            .expect("build the shadow");
         let diff = rebuild::differences(pool, projector.as_ref())
             .await
             .expect("compare");
@@ -571,17 +572,33 @@ async fn an_interrupted_rebuild_resumes_where_it_stopped() {
         .await
         .expect("prepare again");
     assert_eq!(resumed_from, stopped_at, "the shadow's checkpoint survived");
-    rebuild::build_shadow(&pool, wallets.clone(), |_, _| {})
+    // `rebuild all` resumes `wallets` where it stopped while the others start from 0.
+    rebuild::build_all(&pool, projections::all(), |_, _, _| {})
         .await
         .expect("resume");
-    assert!(rebuild::differences(&pool, wallets.as_ref())
-        .await
-        .expect("compare")
-        .is_empty());
+    for projector in projections::all() {
+        let diff = rebuild::differences(&pool, projector.as_ref())
+            .await
+            .expect("compare");
+        assert!(diff.is_empty(), "{}: {diff:?}", projector.name());
+        let key = projections::runtime::rebuild_key(projector.name());
+        let (_, applied) = checkpoint(&pool, &key).await;
+        assert_eq!(
+            applied,
+            relevant(&pool, projector.as_ref()).await,
+            "{}'s shadow took in every event of its streams once",
+            projector.name()
+        );
+    }
     rebuild::swap(&pool, wallets.clone()).await.expect("swap");
     let (live, applied) = checkpoint(&pool, "wallets").await;
     assert_eq!(applied, relevant(&pool, wallets.as_ref()).await);
     assert!(live > 0);
+    for projector in projections::all().iter().filter(|p| p.name() != "wallets") {
+        rebuild::discard(&pool, projector.as_ref())
+            .await
+            .expect("discard");
+    }
     let shadow_left: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM information_schema.schemata WHERE schema_name = 'rebuild_wallets'",
     )
