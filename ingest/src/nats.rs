@@ -1,0 +1,415 @@
+//! The NATS JetStream ingest worker.
+//!
+//! A device (or a gateway) publishes one reading as JSON to `<prefix>.<device_id>`; stream
+//! `TELEMETRY` captures `<prefix>.>` and a durable pull consumer shares the messages among
+//! every worker of every process. A worker takes what has arrived, up to `batch_max` messages
+//! or `batch_wait` after the first one, checks them, and writes the whole batch in one
+//! transaction; only after the commit does it acknowledge them. What can never be accepted
+//! (bad JSON, a bad reading, an unknown or inactive device, a subject that disagrees with the
+//! payload) is dead-lettered in that same transaction and terminated, so it is not delivered
+//! again. When the database fails, the batch is NAKed with a delay that grows with the
+//! delivery count, and the worker pauses as long before it takes more.
+
+use crate::reading::{self, Code, Reading, Rejection};
+use crate::store::{self, DeadLetter, DeviceState};
+use async_nats::jetstream::consumer::pull::{Config as ConsumerConfig, Stream as Messages};
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer};
+use async_nats::jetstream::stream::{Config as StreamConfig, RetentionPolicy, StorageType};
+use async_nats::jetstream::{AckKind, Context, Message};
+use chrono::Utc;
+use futures::StreamExt;
+use sqlx::PgPool;
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use uuid::Uuid;
+
+/// Where telemetry arrives on NATS and how the worker takes it.
+#[derive(Debug, Clone)]
+pub struct NatsConfig {
+    /// The JetStream stream (`TELEMETRY`).
+    pub stream: String,
+    /// The subject prefix: devices publish to `<prefix>.<device_id>` (`telemetry`).
+    pub subject_prefix: String,
+    /// The durable consumer every worker shares (`chronicle-ingest`).
+    pub consumer: String,
+    /// Worker tasks in this process.
+    pub workers: usize,
+    /// The most messages in one batch (one transaction).
+    pub batch_max: usize,
+    /// How long a batch waits for more messages after its first one.
+    pub batch_wait: Duration,
+    /// How long the server waits for an acknowledgement before it delivers again.
+    pub ack_wait: Duration,
+    /// The most deliveries of one message.
+    pub max_deliver: i64,
+    /// The stream's window for `Nats-Msg-Id` deduplication.
+    pub duplicate_window: Duration,
+    /// How long the stream keeps messages.
+    pub max_age: Duration,
+    /// The first NAK delay after a database failure; it doubles with each delivery.
+    pub nak_delay: Duration,
+    /// The longest NAK delay.
+    pub nak_delay_max: Duration,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        Self {
+            stream: "TELEMETRY".to_owned(),
+            subject_prefix: "telemetry".to_owned(),
+            consumer: "chronicle-ingest".to_owned(),
+            workers: 2,
+            batch_max: 2000,
+            batch_wait: Duration::from_millis(20),
+            ack_wait: Duration::from_secs(30),
+            max_deliver: 50,
+            duplicate_window: Duration::from_secs(120),
+            max_age: Duration::from_secs(7 * 24 * 3600),
+            nak_delay: Duration::from_millis(500),
+            nak_delay_max: Duration::from_secs(60),
+        }
+    }
+}
+
+/// A failure of the NATS side (the database side is `sqlx::Error`).
+#[derive(Debug, thiserror::Error)]
+#[error("NATS: {0}")]
+pub struct NatsError(String);
+
+impl NatsError {
+    /// Any NATS client error, by its message.
+    pub fn from_display(e: impl std::fmt::Display) -> Self {
+        Self(e.to_string())
+    }
+}
+
+/// Creates or updates the stream and the durable pull consumer, and returns the consumer.
+pub async fn setup(js: &Context, config: &NatsConfig) -> Result<PullConsumer, NatsError> {
+    let subjects = format!("{}.>", config.subject_prefix);
+    js.create_or_update_stream(StreamConfig {
+        name: config.stream.clone(),
+        description: Some("Device telemetry readings (Chronicle)".to_owned()),
+        subjects: vec![subjects.clone()],
+        storage: StorageType::File,
+        retention: RetentionPolicy::Limits,
+        max_age: config.max_age,
+        duplicate_window: config.duplicate_window,
+        ..Default::default()
+    })
+    .await
+    .map_err(NatsError::from_display)?;
+    let stream = js
+        .get_stream(&config.stream)
+        .await
+        .map_err(NatsError::from_display)?;
+    stream
+        .create_consumer(ConsumerConfig {
+            durable_name: Some(config.consumer.clone()),
+            description: Some("Chronicle's telemetry ingest workers".to_owned()),
+            deliver_policy: DeliverPolicy::All,
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: config.ack_wait,
+            max_deliver: config.max_deliver,
+            filter_subject: subjects,
+            max_ack_pending: i64::try_from(
+                config.batch_max.saturating_mul(config.workers.max(1)) * 4,
+            )
+            .unwrap_or(i64::MAX),
+            ..Default::default()
+        })
+        .await
+        .map_err(NatsError::from_display)
+}
+
+/// One worker: takes batches from the shared consumer until `shutdown` turns true.
+pub struct Worker {
+    pool: PgPool,
+    client: async_nats::Client,
+    consumer: PullConsumer,
+    config: NatsConfig,
+}
+
+/// What became of a message of a batch.
+enum Fate {
+    /// A valid reading: index into the batch's readings.
+    Reading(usize),
+    /// Dead-lettered and terminated.
+    Dead,
+    /// Not a JetStream message: terminated without a letter.
+    Stray,
+}
+
+impl Worker {
+    /// A worker on `consumer`.
+    pub fn new(
+        pool: PgPool,
+        client: async_nats::Client,
+        consumer: PullConsumer,
+        config: NatsConfig,
+    ) -> Self {
+        Self {
+            pool,
+            client,
+            consumer,
+            config,
+        }
+    }
+
+    /// Runs until `shutdown` turns true; the batch in hand is finished first.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let mut messages: Option<Messages> = None;
+        while !*shutdown.borrow() {
+            let stream = match messages.as_mut() {
+                Some(s) => s,
+                None => match self.pull().await {
+                    Ok(s) => messages.insert(s),
+                    Err(error) => {
+                        tracing::warn!(%error, consumer = %self.config.consumer, "cannot pull telemetry; retrying");
+                        pause(&mut shutdown, Duration::from_secs(1)).await;
+                        continue;
+                    }
+                },
+            };
+            let first = tokio::select! {
+                m = stream.next() => m,
+                _ = shutdown.changed() => break,
+            };
+            let first = match first {
+                Some(Ok(m)) => m,
+                Some(Err(error)) => {
+                    tracing::warn!(%error, "telemetry pull failed; pulling again");
+                    messages = None;
+                    pause(&mut shutdown, Duration::from_millis(200)).await;
+                    continue;
+                }
+                None => {
+                    messages = None;
+                    continue;
+                }
+            };
+            let mut batch = vec![first];
+            let deadline = Instant::now() + self.config.batch_wait;
+            while batch.len() < self.config.batch_max {
+                match tokio::time::timeout_at(deadline, stream.next()).await {
+                    Ok(Some(Ok(m))) => batch.push(m),
+                    Ok(Some(Err(error))) => {
+                        tracing::warn!(%error, "telemetry pull failed; pulling again");
+                        messages = None;
+                        break;
+                    }
+                    Ok(None) => {
+                        messages = None;
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            if let Err(pause_for) = self.handle(batch).await {
+                pause(&mut shutdown, pause_for).await;
+            }
+        }
+    }
+
+    async fn pull(&self) -> Result<Messages, NatsError> {
+        self.consumer
+            .stream()
+            .max_messages_per_batch(self.config.batch_max)
+            .heartbeat(Duration::from_secs(5))
+            .expires(Duration::from_secs(30))
+            .messages()
+            .await
+            .map_err(NatsError::from_display)
+    }
+
+    /// Checks, writes and acknowledges one batch. On a database failure every message is
+    /// NAKed and the worker should pause for the returned delay.
+    pub async fn handle(&self, batch: Vec<Message>) -> Result<(), Duration> {
+        let now = Utc::now();
+        let prefix = format!("{}.", self.config.subject_prefix);
+        let mut readings: Vec<Reading> = Vec::new();
+        let mut letters: Vec<DeadLetter> = Vec::new();
+        let mut fates: Vec<Fate> = Vec::with_capacity(batch.len());
+        let mut deliveries: Vec<i64> = Vec::with_capacity(batch.len());
+        let mut stream_seqs: Vec<i64> = Vec::with_capacity(batch.len());
+        for msg in &batch {
+            let Ok(info) = msg.info() else {
+                tracing::warn!(subject = %msg.subject, "a message without JetStream metadata; terminated");
+                fates.push(Fate::Stray);
+                deliveries.push(1);
+                stream_seqs.push(0);
+                continue;
+            };
+            let stream_seq = i64::try_from(info.stream_sequence).unwrap_or(i64::MAX);
+            deliveries.push(info.delivered);
+            stream_seqs.push(stream_seq);
+            let letter = |r: Rejection| DeadLetter {
+                stream: self.config.stream.clone(),
+                stream_seq,
+                subject: msg.subject.to_string(),
+                payload: msg.payload.to_vec(),
+                reason: r.code,
+                detail: r.detail,
+                deliveries: i32::try_from(info.delivered).unwrap_or(i32::MAX),
+            };
+            let device = msg
+                .subject
+                .as_str()
+                .strip_prefix(prefix.as_str())
+                .and_then(|id| Uuid::try_parse(id).ok());
+            let parsed = match device {
+                None => Err(Rejection {
+                    code: Code::BadSubject,
+                    seq: None,
+                    detail: format!("the subject must be {prefix}<device_id>"),
+                }),
+                Some(device) => reading::parse(&msg.payload, device, now),
+            };
+            match parsed {
+                Ok(r) => {
+                    fates.push(Fate::Reading(readings.len()));
+                    readings.push(r);
+                }
+                Err(r) => {
+                    letters.push(letter(r));
+                    fates.push(Fate::Dead);
+                }
+            }
+        }
+        let result = self
+            .write(
+                &batch,
+                &mut fates,
+                readings,
+                letters,
+                &stream_seqs,
+                &deliveries,
+            )
+            .await;
+        match result {
+            Ok(()) => {
+                for (msg, fate) in batch.iter().zip(&fates) {
+                    let kind = match fate {
+                        Fate::Reading(_) => AckKind::Ack,
+                        Fate::Dead | Fate::Stray => AckKind::Term,
+                    };
+                    if let Err(error) = msg.ack_with(kind).await {
+                        tracing::warn!(%error, "cannot acknowledge a telemetry message; it comes again");
+                    }
+                }
+                if let Err(error) = self.client.flush().await {
+                    tracing::warn!(%error, "cannot flush acknowledgements; the messages come again");
+                }
+                Ok(())
+            }
+            Err(error) => {
+                let most = deliveries.iter().copied().max().unwrap_or(1);
+                let delay = self.nak_delay(most);
+                tracing::warn!(%error, messages = batch.len(), delay_ms = delay.as_millis() as u64, "telemetry batch not stored; NAKed for redelivery");
+                for msg in &batch {
+                    let _ = msg.ack_with(AckKind::Nak(Some(delay))).await;
+                }
+                let _ = self.client.flush().await;
+                Err(delay)
+            }
+        }
+    }
+
+    /// Refuses the readings of unknown and inactive devices (as letters), then writes the
+    /// rest with the letters in one transaction.
+    async fn write(
+        &self,
+        batch: &[Message],
+        fates: &mut [Fate],
+        readings: Vec<Reading>,
+        mut letters: Vec<DeadLetter>,
+        stream_seqs: &[i64],
+        deliveries: &[i64],
+    ) -> Result<(), sqlx::Error> {
+        let devices: Vec<Uuid> = readings
+            .iter()
+            .map(|r| r.device_id)
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let states = if devices.is_empty() {
+            HashMap::new()
+        } else {
+            store::device_states(&self.pool, &devices).await?
+        };
+        let letter = |i: usize, code: Code, detail: String| DeadLetter {
+            stream: self.config.stream.clone(),
+            stream_seq: stream_seqs[i],
+            subject: batch[i].subject.to_string(),
+            payload: batch[i].payload.to_vec(),
+            reason: code,
+            detail,
+            deliveries: i32::try_from(deliveries[i]).unwrap_or(i32::MAX),
+        };
+        // Keep the readings of active devices; map each kept reading back to its message.
+        let mut kept: Vec<Reading> = Vec::with_capacity(readings.len());
+        let mut kept_msg: Vec<usize> = Vec::with_capacity(readings.len());
+        for (i, fate) in fates.iter_mut().enumerate() {
+            let Fate::Reading(r) = *fate else { continue };
+            let reading = &readings[r];
+            let refusal = match states.get(&reading.device_id) {
+                Some(DeviceState::Active) => None,
+                Some(DeviceState::Inactive) => Some((
+                    Code::DeviceInactive,
+                    format!("device {} is not active", reading.device_id),
+                )),
+                _ => Some((
+                    Code::UnknownDevice,
+                    format!("no device {}", reading.device_id),
+                )),
+            };
+            match refusal {
+                None => {
+                    *fate = Fate::Reading(kept.len());
+                    kept_msg.push(i);
+                    kept.push(reading.clone());
+                }
+                Some((code, detail)) => {
+                    letters.push(letter(i, code, detail));
+                    *fate = Fate::Dead;
+                }
+            }
+        }
+        let written = store::write(&self.pool, &kept, &letters, |k| {
+            Some(letter(
+                kept_msg[k],
+                Code::TsTooOld,
+                "ts is before the retention horizon".to_owned(),
+            ))
+        })
+        .await?;
+        for k in &written.too_old {
+            fates[kept_msg[*k]] = Fate::Dead;
+        }
+        let refused = letters.len() + written.too_old.len();
+        metrics::counter!("chronicle_telemetry_readings_total", "path" => "nats", "outcome" => "accepted")
+            .increment(written.accepted);
+        metrics::counter!("chronicle_telemetry_readings_total", "path" => "nats", "outcome" => "duplicate")
+            .increment(written.duplicates);
+        metrics::counter!("chronicle_telemetry_readings_total", "path" => "nats", "outcome" => "rejected")
+            .increment(refused as u64);
+        Ok(())
+    }
+
+    fn nak_delay(&self, delivered: i64) -> Duration {
+        let doublings = u32::try_from(delivered.saturating_sub(1).clamp(0, 16)).unwrap_or(16);
+        self.config
+            .nak_delay
+            .saturating_mul(1 << doublings)
+            .min(self.config.nak_delay_max)
+    }
+}
+
+/// Sleeps for `d` unless `shutdown` turns true first.
+async fn pause(shutdown: &mut watch::Receiver<bool>, d: Duration) {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => {}
+        _ = shutdown.changed() => {}
+    }
+}
