@@ -80,6 +80,9 @@ enum Command {
         /// Writer tasks sharing commits.
         #[arg(long, env = "CHRONICLE_WRITERS", default_value_t = 2)]
         writers: usize,
+        /// Telemetry: retention, and the NATS stream, subjects and consumer.
+        #[command(flatten)]
+        ingest: ingest::IngestArgs,
     },
     /// Create and migrate the database, then exit.
     Migrate,
@@ -231,6 +234,7 @@ async fn main() -> anyhow::Result<()> {
             nats_url,
             db_pool,
             writers,
+            ingest,
         } => {
             let auth = auth_config(&cli)?;
             let pool = prepare_database(&cli.database_url, *db_pool).await?;
@@ -238,9 +242,6 @@ async fn main() -> anyhow::Result<()> {
                 tracing::info!(
                     "NATS_URL is not set: no NATS (telemetry over HTTP only, no event fan-out)"
                 );
-            }
-            if roles.contains(&ServeRole::Ingest) {
-                tracing::info!("the ingest role has no workers in this version yet");
             }
             let store = PgEventStore::new(pool.clone(), *writers);
             let service = Arc::new(CommandService::new(
@@ -261,6 +262,14 @@ async fn main() -> anyhow::Result<()> {
                     until,
                 )));
                 tracing::info!("the deadline processes are running");
+            }
+            if roles.contains(&ServeRole::Ingest) {
+                workers.push(tokio::spawn(ingest::run(
+                    pool.clone(),
+                    nats_url.clone(),
+                    ingest.clone(),
+                    stopped.clone(),
+                )));
             }
             if roles.contains(&ServeRole::Projectors) {
                 let spawned = projections_cli::spawn_workers(&pool, service.commits(), &stopped);

@@ -95,8 +95,20 @@ fn uuid_header(headers: &HeaderMap, name: &str) -> Result<Option<Uuid>, Problem>
     }
 }
 
+/// Whether the request says its body is JSON (`application/json` or `application/*+json`).
+pub(crate) fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| {
+            let v = v.trim().to_ascii_lowercase();
+            v == "application/json" || (v.starts_with("application/") && v.ends_with("+json"))
+        })
+}
+
 /// Parses a JSON body; a failure names the offending field where there is one.
-fn parse_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
+pub(crate) fn parse_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let parsed: Result<T, _> = serde_path_to_error::deserialize(&mut de);
     let value = parsed.map_err(|e| {
@@ -155,14 +167,7 @@ async fn command_request<T: DeserializeOwned>(
     let headers = req.headers().clone();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
-    let is_json = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|v| {
-            let v = v.trim().to_ascii_lowercase();
-            v == "application/json" || (v.starts_with("application/") && v.ends_with("+json"))
-        });
+    let is_json = is_json(&headers);
     let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
         let status = rejection.status().as_u16();
         if status == 413 {
@@ -290,5 +295,30 @@ impl<T: DeserializeOwned> FromRequest<AppState> for DeviceCommandRequest<T> {
             .await
             .map_err(IntoResponse::into_response)?;
         Ok(DeviceCommandRequest { device, env, body })
+    }
+}
+
+/// A device proving itself with its credential (`Authorization: Device <device_id>.<secret>`)
+/// on a route that is not a command (telemetry). Refused exactly as for device commands: 401
+/// `invalid_credential` for an unknown device or a wrong secret (also a decommissioned or
+/// never-activated device, which holds no credential), 403 `device_not_active` for the right
+/// credential of a suspended device.
+pub struct DeviceCaller(pub AuthenticatedDevice);
+
+impl FromRequestParts<AppState> for DeviceCaller {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let refuse = |p: Problem| device_challenge(p.into_response());
+        let (id, secret) = device_credential(&parts.headers).map_err(refuse)?;
+        state
+            .service
+            .authenticate_device(id, &secret)
+            .await
+            .map(DeviceCaller)
+            .map_err(|e| refuse(Problem::from(e)))
     }
 }

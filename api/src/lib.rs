@@ -17,6 +17,7 @@ mod routes;
 mod routes_devices;
 mod routes_escrows;
 mod routes_pots;
+mod routes_telemetry;
 
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{delete, get, patch, post};
@@ -85,6 +86,8 @@ pub fn router(state: AppState) -> Router {
         .route_layer(axum::middleware::from_fn(metrics::track))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(RequestBodyLimitLayer::new(4 * MAX_BODY_BYTES))
+        // Telemetry batches carry their own, larger body limit.
+        .merge(routes_telemetry::router())
         // Outermost, so that every error answer, the body limit's included, is problem+json.
         .layer(axum::middleware::map_response(error::problems_everywhere))
         .with_state(state)

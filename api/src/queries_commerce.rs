@@ -51,6 +51,7 @@ use uuid::Uuid;
         ContributionView,
         PotPage,
         DeviceView,
+        LatestReadingView,
         PendingUpdateView,
         DevicePage
     ))
@@ -480,7 +481,7 @@ impl From<DeviceStatusFilter> for DeviceStatus {
     params(("id" = Uuid, Path, description = "the device"), QueryHeaders),
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "the device: status, firmware, pending update, last seen (owner, admin, auditor; never its credential); ETag is its version", body = DeviceView,
+        (status = 200, description = "the device: status, firmware, pending update, last seen, latest readings (owner, admin, auditor; never its credential); ETag is its version", body = DeviceView,
          headers(("X-Position" = i64, description = "the position the read model had applied"), ("ETag" = String, description = "the device's version"))),
         QueryProblems
     )
@@ -499,7 +500,23 @@ async fn get_device(
         .map_err(unavailable)?
         .ok_or_else(|| not_found("device"))?;
     viewer.check(&[device.owner])?;
-    Ok(reply(at, Some(device.version), &device))
+    let latest_readings = ingest::query::latest(&s.pool, id)
+        .await
+        .map_err(unavailable)?;
+    let version = device.version;
+    let answer = DeviceWithReadings {
+        device,
+        latest_readings,
+    };
+    Ok(reply(at, Some(version), &answer))
+}
+
+/// One device with the latest value of each of its metrics (telemetry, outside the log).
+#[derive(serde::Serialize)]
+struct DeviceWithReadings {
+    #[serde(flatten)]
+    device: devices::DeviceView,
+    latest_readings: std::collections::BTreeMap<String, ingest::query::Latest>,
 }
 
 /// GET /v1/devices: which devices, which page.
@@ -812,6 +829,20 @@ struct DeviceView {
     updated_at: DateTime<Utc>,
     /// The device's version (the ETag).
     version: i64,
+    /// GET of one device only: the latest telemetry value of each metric, by name (from the
+    /// telemetry rollups, which do not follow X-Position).
+    latest_readings: Option<std::collections::BTreeMap<String, LatestReadingView>>,
+}
+
+/// The latest value of a metric.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct LatestReadingView {
+    value: f64,
+    /// The reading's time.
+    ts: DateTime<Utc>,
+    /// The reading's seq.
+    seq: i64,
 }
 
 /// A page of devices.

@@ -86,7 +86,7 @@ pub async fn run(
     match nats_url {
         None => tracing::info!(
             retention_days = args.telemetry_retention_days,
-            "the ingest role runs partitions and retention only: telemetry arrives over HTTP (no NATS_URL)"
+            "the ingest role keeps telemetry partitions and retention; no NATS workers without NATS_URL"
         ),
         Some(url) => run_nats(pool, &url, args.nats(), shutdown).await,
     }

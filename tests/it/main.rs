@@ -20,3 +20,4 @@ mod queries_commerce;
 mod queries_money;
 mod rules_over_http;
 mod state_machine;
+mod telemetry;

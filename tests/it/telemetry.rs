@@ -1,0 +1,1053 @@
+//! Telemetry over HTTP and NATS JetStream: deduplication on (device, seq) across both paths,
+//! validation codes and whole-body refusals, inactive and unknown devices, a worker killed
+//! mid-batch, dead letters that are recorded once and never delivered again, NAKs while the
+//! database fails, rollups equal to aggregates of the raw readings, queries and retention.
+//!
+//! The NATS tests need a JetStream server at `NATS_URL` (default `nats://127.0.0.1:4222`);
+//! each uses its own stream, subjects and consumer and deletes its stream at the end.
+
+use crate::support::{Answer, TestApp};
+use async_nats::jetstream::Context;
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use chrono::{DateTime, Duration as Span, Utc};
+use commands::Role;
+use ingest::nats::{NatsConfig, Worker};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Value};
+use sqlx::PgPool;
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::time::Duration;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+/// The longest any bounded wait of these tests lasts before it fails.
+const PATIENCE: Duration = Duration::from_secs(90);
+
+/// Polls `check` until it holds, failing the test after [`PATIENCE`].
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "gave up waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn count(pool: &PgPool, sql: &str) -> i64 {
+    sqlx::query_scalar(sql)
+        .fetch_one(pool)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
+fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+struct Site {
+    app: TestApp,
+    owner: String,
+}
+
+async fn site() -> Site {
+    let app = TestApp::new().await;
+    let (_, owner) = app.customer("owner").await;
+    Site { app, owner }
+}
+
+impl Site {
+    fn pool(&self) -> &PgPool {
+        &self.app.db.pool
+    }
+
+    /// A registered (not activated) device.
+    async fn registered(&self, serial: &str) -> Uuid {
+        let a = self
+            .app
+            .post(
+                "/v1/devices",
+                &self.owner,
+                json!({"serial": serial, "model": "Thermo 3", "firmware_version": "1.0.0"}),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::CREATED, "{:?}", a.body);
+        a.id()
+    }
+
+    /// An active device and its credential.
+    async fn active(&self, serial: &str) -> (Uuid, String) {
+        let id = self.registered(serial).await;
+        let a = self
+            .app
+            .post(
+                &format!("/v1/devices/{id}/activate"),
+                &self.owner,
+                json!({}),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
+        let credential = a.body["credential"].as_str().expect("a credential");
+        (id, credential.to_owned())
+    }
+
+    async fn act(&self, id: Uuid, what: &str) {
+        let a = self
+            .app
+            .post(
+                &format!("/v1/devices/{id}/{what}"),
+                &self.owner,
+                json!({"reason": "test"}),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::OK, "{what}: {:?}", a.body);
+    }
+
+    /// POST /v1/telemetry with `Authorization: Device <credential>` and a raw body.
+    async fn post_raw(
+        &self,
+        credential: Option<&str>,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> Answer {
+        let mut req = Request::builder()
+            .method("POST")
+            .uri("/v1/telemetry")
+            .header("content-type", content_type);
+        if let Some(c) = credential {
+            req = req.header("authorization", format!("Device {c}"));
+        }
+        self.app
+            .raw(req.body(Body::from(body)).expect("a request"))
+            .await
+    }
+
+    async fn post(&self, credential: &str, readings: Vec<Value>) -> Answer {
+        let body = serde_json::to_vec(&json!({ "readings": readings })).expect("json");
+        self.post_raw(Some(credential), "application/json", body)
+            .await
+    }
+
+    async fn stored(&self) -> i64 {
+        count(self.pool(), "SELECT count(*) FROM telemetry").await
+    }
+}
+
+fn reading(seq: i64, ts: DateTime<Utc>, metrics: Value) -> Value {
+    json!({"seq": seq, "ts": rfc3339(ts), "metrics": metrics})
+}
+
+fn problem_code(a: &Answer) -> &str {
+    assert_eq!(
+        a.headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default(),
+        "application/problem+json",
+        "{:?}",
+        a.body
+    );
+    a.body["code"].as_str().unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_reading_sent_twice_over_http_is_stored_once_and_shown_as_latest() {
+    let s = site().await;
+    let (device, credential) = s.active("T-1").await;
+    let now = Utc::now();
+    let r = reading(1, now, json!({"temp": 21.5, "hum": 40}));
+    let first = s.post(&credential, vec![r.clone()]).await;
+    assert_eq!(first.status, StatusCode::ACCEPTED, "{:?}", first.body);
+    assert_eq!(
+        first.body,
+        json!({"accepted": 1, "duplicates": 0, "rejected": []})
+    );
+    // The same reading again, even with other values: the first one stays.
+    let again = reading(1, now, json!({"temp": 99, "hum": 99}));
+    let second = s.post(&credential, vec![again]).await;
+    assert_eq!(second.status, StatusCode::ACCEPTED, "{:?}", second.body);
+    assert_eq!(
+        second.body,
+        json!({"accepted": 0, "duplicates": 1, "rejected": []})
+    );
+    assert_eq!(s.stored().await, 1);
+    assert_eq!(
+        count(s.pool(), "SELECT sum(count)::int8 FROM telemetry_minute").await,
+        2
+    );
+    let view = s.app.get(&format!("/v1/devices/{device}"), &s.owner).await;
+    assert_eq!(view.status, StatusCode::OK, "{:?}", view.body);
+    assert_eq!(view.body["latest_readings"]["temp"]["value"], json!(21.5));
+    assert_eq!(view.body["latest_readings"]["hum"]["seq"], json!(1));
+    let minute = s
+        .app
+        .get(
+            &format!("/v1/devices/{device}/telemetry?metric=temp"),
+            &s.owner,
+        )
+        .await;
+    assert_eq!(minute.status, StatusCode::OK, "{:?}", minute.body);
+    let items = minute.body["items"].as_array().expect("items");
+    assert_eq!(items.len(), 1, "{:?}", minute.body);
+    assert_eq!(items[0]["count"], json!(1));
+    assert_eq!(items[0]["avg"], json!(21.5));
+    assert!(minute.headers.contains_key("x-position"));
+}
+
+#[tokio::test]
+async fn each_bad_reading_gets_its_code_and_the_good_ones_are_stored() {
+    let s = site().await;
+    let (_, credential) = s.active("T-1").await;
+    let now = Utc::now();
+    let many: serde_json::Map<String, Value> =
+        (0..65).map(|i| (format!("m{i}"), json!(i))).collect();
+    let other = Uuid::now_v7();
+    let readings = vec![
+        reading(1, now, json!({"temp": 1})),
+        json!({"seq": "one", "ts": rfc3339(now), "metrics": {"temp": 1}}),
+        reading(3, now, json!({"Temp": 1})),
+        reading(4, now, json!({})),
+        reading(5, now, Value::Object(many)),
+        reading(6, now, json!({"temp": "hot"})),
+        reading(7, now + Span::minutes(6), json!({"temp": 1})),
+        json!({"seq": 8, "ts": rfc3339(now), "device_id": other, "metrics": {"temp": 1}}),
+        reading(1, now, json!({"temp": 2})),
+        reading(
+            10,
+            now - Span::seconds(1),
+            json!({"temp": 3, "volt.in": 3.3}),
+        ),
+        json!({"seq": 11, "ts": "last tuesday", "metrics": {"temp": 1}}),
+        json!({"seq": 12, "ts": rfc3339(now), "metrics": {"temp": 1}, "extra": true}),
+        json!(42),
+    ];
+    let a = s.post(&credential, readings).await;
+    assert_eq!(a.status, StatusCode::ACCEPTED, "{:?}", a.body);
+    assert_eq!(a.body["accepted"], json!(2));
+    assert_eq!(a.body["duplicates"], json!(1));
+    assert_eq!(
+        a.body["rejected"],
+        json!([
+            {"index": 1, "seq": null, "code": "bad_reading"},
+            {"index": 2, "seq": 3, "code": "bad_metric_name"},
+            {"index": 3, "seq": 4, "code": "no_metrics"},
+            {"index": 4, "seq": 5, "code": "too_many_metrics"},
+            {"index": 5, "seq": 6, "code": "not_finite"},
+            {"index": 6, "seq": 7, "code": "ts_in_future"},
+            {"index": 7, "seq": 8, "code": "device_mismatch"},
+            {"index": 10, "seq": 11, "code": "bad_reading"},
+            {"index": 11, "seq": 12, "code": "bad_reading"},
+            {"index": 12, "seq": null, "code": "bad_reading"}
+        ])
+    );
+    let seqs: Vec<i64> = sqlx::query_scalar("SELECT seq FROM telemetry ORDER BY seq")
+        .fetch_all(s.pool())
+        .await
+        .expect("seqs");
+    assert_eq!(seqs, vec![1, 10]);
+}
+
+#[tokio::test]
+async fn malformed_empty_and_oversized_bodies_are_refused_whole_and_write_nothing() {
+    let s = site().await;
+    let (_, credential) = s.active("T-1").await;
+    let now = Utc::now();
+    let good = reading(1, now, json!({"temp": 1}));
+    let json_ct = "application/json";
+
+    let truncated = format!("{{\"readings\": [{good}, ");
+    let a = s
+        .post_raw(Some(&credential), json_ct, truncated.into_bytes())
+        .await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    assert_eq!(problem_code(&a), "invalid_input");
+
+    let a = s
+        .post_raw(Some(&credential), json_ct, b"{\"readings\": []}".to_vec())
+        .await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    assert_eq!(a.body["field"], "readings");
+
+    let a = s
+        .post_raw(
+            Some(&credential),
+            json_ct,
+            format!("{{\"readings\": [{good}], \"gateway\": 1}}").into_bytes(),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    assert_eq!(a.body["field"], "gateway");
+
+    let a = s
+        .post_raw(Some(&credential), json_ct, b"[1, 2]".to_vec())
+        .await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+
+    let overflow = format!(
+        "{{\"readings\": [{{\"seq\": 1, \"ts\": \"{}\", \"metrics\": {{\"t\": 1e999}}}}]}}",
+        rfc3339(now)
+    );
+    let a = s
+        .post_raw(Some(&credential), json_ct, overflow.into_bytes())
+        .await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+
+    let a = s
+        .post_raw(
+            Some(&credential),
+            "text/plain",
+            format!("{{\"readings\": [{good}]}}").into_bytes(),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert_eq!(problem_code(&a), "unsupported_media_type");
+
+    let too_many: Vec<Value> = (0..1001)
+        .map(|i| reading(i, now, json!({"temp": 1})))
+        .collect();
+    let a = s.post(&credential, too_many).await;
+    assert_eq!(a.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(problem_code(&a), "too_many_readings");
+
+    let padding = "x".repeat(ingest_body_limit() + 1);
+    let huge = format!("{{\"readings\": [{good}], \"pad\": \"{padding}\"}}");
+    let a = s
+        .post_raw(Some(&credential), json_ct, huge.into_bytes())
+        .await;
+    assert_eq!(a.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(problem_code(&a), "body_too_large");
+
+    // Exactly 1,000 readings is fine.
+    let thousand: Vec<Value> = (0..1000)
+        .map(|i| reading(i, now, json!({"temp": i})))
+        .collect();
+    assert_eq!(s.stored().await, 0, "nothing was written by the refusals");
+    let a = s.post(&credential, thousand).await;
+    assert_eq!(a.status, StatusCode::ACCEPTED, "{:?}", a.body);
+    assert_eq!(a.body["accepted"], json!(1000));
+    assert_eq!(s.stored().await, 1000);
+}
+
+fn ingest_body_limit() -> usize {
+    1024 * 1024
+}
+
+#[tokio::test]
+async fn only_an_active_device_with_its_credential_may_post_readings() {
+    let s = site().await;
+    let (_, good) = s.active("T-ok").await;
+    let (suspended, suspended_cred) = s.active("T-susp").await;
+    let (gone, gone_cred) = s.active("T-gone").await;
+    let fresh = s.registered("T-new").await;
+    s.act(suspended, "suspend").await;
+    s.act(gone, "decommission").await;
+    let body = |seq| vec![reading(seq, Utc::now(), json!({"temp": 1}))];
+
+    let a = s.post(&suspended_cred, body(1)).await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN, "{:?}", a.body);
+    assert_eq!(problem_code(&a), "device_not_active");
+    let a = s.post(&gone_cred, body(1)).await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{:?}", a.body);
+    assert_eq!(
+        a.headers.get("www-authenticate").map(|v| v.as_bytes()),
+        Some(&b"Device"[..])
+    );
+    let secret = good.split_once('.').map(|(_, s)| s).unwrap_or_default();
+    for credential in [
+        format!("{fresh}.{secret}"),
+        format!("{}.{secret}", Uuid::now_v7()),
+        format!(
+            "{}.wrong",
+            good.split_once('.').map(|(d, _)| d).unwrap_or_default()
+        ),
+    ] {
+        let a = s.post(&credential, body(1)).await;
+        assert_eq!(
+            a.status,
+            StatusCode::UNAUTHORIZED,
+            "{credential}: {:?}",
+            a.body
+        );
+        assert_eq!(problem_code(&a), "invalid_credential");
+    }
+    let a = s
+        .post_raw(None, "application/json", b"{\"readings\": []}".to_vec())
+        .await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    let bearer = s.app.token("owner", &[Role::Customer]);
+    let a = s
+        .app
+        .send(
+            axum::http::Method::POST,
+            "/v1/telemetry",
+            Some(&bearer),
+            Some(json!({"readings": body(1)})),
+            &[],
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(s.stored().await, 0);
+    let a = s.post(&good, body(1)).await;
+    assert_eq!(a.status, StatusCode::ACCEPTED);
+    assert_eq!(s.stored().await, 1);
+}
+
+#[tokio::test]
+async fn telemetry_queries_check_the_reader_and_the_parameters() {
+    let s = site().await;
+    let (device, credential) = s.active("T-1").await;
+    let (_, stranger) = s.app.customer("stranger").await;
+    let admin = s.app.token("admin", &[Role::Admin]);
+    let auditor = s.app.token("auditor", &[Role::Auditor]);
+    let now = Utc::now();
+    let a = s
+        .post(&credential, vec![reading(1, now, json!({"temp": 5}))])
+        .await;
+    assert_eq!(a.status, StatusCode::ACCEPTED);
+    let path = format!("/v1/devices/{device}/telemetry");
+    for token in [&s.owner, &admin, &auditor] {
+        let a = s.app.get(&format!("{path}?metric=temp"), token).await;
+        assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
+        assert_eq!(a.body["items"][0]["max"], json!(5.0));
+    }
+    let a = s.app.get(&format!("{path}?metric=temp"), &stranger).await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN);
+    let a = s
+        .app
+        .get(
+            &format!("/v1/devices/{}/telemetry?metric=temp", Uuid::now_v7()),
+            &admin,
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND);
+    let a = s
+        .app
+        .send(
+            axum::http::Method::GET,
+            &format!("{path}?metric=temp"),
+            None,
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    let to = rfc3339(now);
+    let day_ago = rfc3339(now - Span::hours(25));
+    let later = rfc3339(now + Span::hours(1));
+    for (query, field) in [
+        ("metric=Temp".to_owned(), "metric"),
+        ("".to_owned(), "metric"),
+        ("metric=temp&bucket=5m".to_owned(), "bucket"),
+        ("metric=temp&from=yesterday".to_owned(), "from"),
+        (format!("metric=temp&from={later}&to={to}"), "from"),
+        (format!("metric=temp&from={day_ago}&to={to}"), "from"),
+        ("metric=temp&from=0001-01-01T00:00:00Z".to_owned(), "from"),
+        ("metric=temp&limit=5".to_owned(), "limit"),
+    ] {
+        let a = s.app.get(&format!("{path}?{query}"), &s.owner).await;
+        assert_eq!(a.status, StatusCode::BAD_REQUEST, "{query}: {:?}", a.body);
+        assert_eq!(a.body["field"], field, "{query}: {:?}", a.body);
+    }
+    let a = s
+        .app
+        .get(
+            &format!("{}/telemetry?metric=temp", "/v1/devices/nope"),
+            &s.owner,
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    // 1,440 buckets are within the limit (from is rounded down to its bucket).
+    let a = s
+        .app
+        .get(
+            &format!(
+                "{path}?metric=temp&bucket=1h&from={}&to={to}",
+                rfc3339(now - Span::days(59))
+            ),
+            &s.owner,
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
+    assert_eq!(a.body["bucket"], "1h");
+    assert_eq!(a.body["items"][0]["count"], json!(1));
+}
+
+#[tokio::test]
+async fn rollups_equal_aggregates_of_the_raw_readings() {
+    let s = site().await;
+    let (a_id, a_cred) = s.active("T-a").await;
+    let (b_id, b_cred) = s.active("T-b").await;
+    let seed: u64 = rand::random();
+    println!("rollup test seed {seed}");
+    let mut rng = StdRng::seed_from_u64(seed);
+    let now = Utc::now();
+    let metrics = ["temp", "hum", "volt.in"];
+    for credential in [&a_cred, &b_cred] {
+        let mut readings = Vec::new();
+        for seq in 0..1200 {
+            let back = Span::milliseconds(rng.gen_range(1_000..3 * 3_600_000));
+            let mut m = serde_json::Map::new();
+            for name in metrics {
+                if rng.gen_bool(0.8) {
+                    let v: f64 = rng.gen_range(-500.0..500.0);
+                    m.insert(name.to_owned(), json!((v * 1000.0).round() / 1000.0));
+                }
+            }
+            if m.is_empty() {
+                m.insert("temp".to_owned(), json!(rng.gen_range(-5..5)));
+            }
+            readings.push(reading(seq, now - back, Value::Object(m)));
+            // Some readings are sent again with other values and times: dropped.
+            if rng.gen_bool(0.1) {
+                readings.push(reading(seq, now - back / 2, json!({"temp": 10_000})));
+            }
+        }
+        for chunk in readings.chunks(1000) {
+            let a = s.post(credential, chunk.to_vec()).await;
+            assert_eq!(a.status, StatusCode::ACCEPTED, "{:?}", a.body);
+            assert_eq!(a.body["rejected"], json!([]));
+        }
+    }
+    assert_eq!(s.stored().await, 2400);
+    assert_eq!(
+        count(
+            s.pool(),
+            "SELECT count(*) FROM telemetry WHERE (metrics->>'temp')::float8 = 10000"
+        )
+        .await,
+        0,
+        "no repeat was stored"
+    );
+
+    // Per minute: the rollup table against the raw readings.
+    type Key = (Uuid, String, DateTime<Utc>);
+    type Stats = (f64, f64, f64, i64);
+    let raw: Vec<(Uuid, String, DateTime<Utc>, f64, f64, f64, i64)> = sqlx::query_as(
+        "SELECT r.device_id, m.key, date_trunc('minute', r.ts, 'UTC'), min(m.value::float8),
+                max(m.value::float8), sum(m.value::float8), count(*)
+         FROM telemetry r CROSS JOIN LATERAL jsonb_each(r.metrics) m GROUP BY 1, 2, 3",
+    )
+    .fetch_all(s.pool())
+    .await
+    .expect("raw per minute");
+    let rolled: Vec<(Uuid, String, DateTime<Utc>, f64, f64, f64, i64)> = sqlx::query_as(
+        "SELECT device_id, metric, bucket, min, max, sum, count FROM telemetry_minute",
+    )
+    .fetch_all(s.pool())
+    .await
+    .expect("rollups");
+    let by_key =
+        |rows: Vec<(Uuid, String, DateTime<Utc>, f64, f64, f64, i64)>| -> BTreeMap<Key, Stats> {
+            rows.into_iter()
+                .map(|(d, m, b, lo, hi, sum, n)| ((d, m, b), (lo, hi, sum, n)))
+                .collect()
+        };
+    let raw = by_key(raw);
+    let rolled = by_key(rolled);
+    assert!(raw.len() > 100, "many minute buckets: {}", raw.len());
+    assert_eq!(
+        raw.keys().collect::<BTreeSet<_>>(),
+        rolled.keys().collect::<BTreeSet<_>>()
+    );
+    for (key, (lo, hi, sum, n)) in &raw {
+        let (rlo, rhi, rsum, rn) = rolled[key];
+        assert_eq!((rlo, rhi, rn), (*lo, *hi, *n), "{key:?}");
+        assert!(
+            (rsum - sum).abs() <= 1e-9 * sum.abs().max(1.0),
+            "{key:?}: {rsum} vs {sum}"
+        );
+    }
+
+    // Per hour and per minute through the API, against the raw readings.
+    for (device, metric) in [(a_id, "temp"), (b_id, "volt.in")] {
+        for (bucket, unit, span) in [
+            ("1h", "hour", Span::hours(5)),
+            ("1m", "minute", Span::hours(4)),
+        ] {
+            let from = rfc3339(now - span);
+            let to = rfc3339(now + Span::minutes(1));
+            let a = s
+                .app
+                .get(
+                    &format!("/v1/devices/{device}/telemetry?metric={metric}&bucket={bucket}&from={from}&to={to}"),
+                    &s.owner,
+                )
+                .await;
+            assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
+            let expected: Vec<(DateTime<Utc>, f64, f64, f64, i64)> = sqlx::query_as(&format!(
+                "SELECT date_trunc('{unit}', r.ts, 'UTC'), min(m.value::float8), max(m.value::float8),
+                        avg(m.value::float8), count(*)
+                 FROM telemetry r CROSS JOIN LATERAL jsonb_each(r.metrics) m
+                 WHERE r.device_id = $1 AND m.key = $2 GROUP BY 1 ORDER BY 1"
+            ))
+            .bind(device)
+            .bind(metric)
+            .fetch_all(s.pool())
+            .await
+            .expect("raw per bucket");
+            let items = a.body["items"].as_array().expect("items");
+            assert_eq!(items.len(), expected.len(), "{bucket} {metric}");
+            for (item, (b, lo, hi, avg, n)) in items.iter().zip(&expected) {
+                let at: DateTime<Utc> = item["bucket"]
+                    .as_str()
+                    .and_then(|t| t.parse().ok())
+                    .expect("bucket");
+                assert_eq!(at, *b);
+                assert_eq!(item["min"].as_f64(), Some(*lo));
+                assert_eq!(item["max"].as_f64(), Some(*hi));
+                assert_eq!(item["count"].as_i64(), Some(*n));
+                let got = item["avg"].as_f64().expect("avg");
+                assert!(
+                    (got - avg).abs() <= 1e-9 * avg.abs().max(1.0),
+                    "{got} vs {avg}"
+                );
+            }
+            assert_eq!(
+                items.iter().filter_map(|i| i["count"].as_i64()).sum::<i64>(),
+                count(s.pool(), &format!("SELECT count(*) FROM telemetry WHERE device_id = '{device}' AND metrics ? '{metric}'")).await
+            );
+        }
+    }
+
+    // Latest values: the newest reading (by ts, then seq) of each metric.
+    let expected: Vec<(Uuid, String, f64, i64)> = sqlx::query_as(
+        "SELECT DISTINCT ON (r.device_id, m.key) r.device_id, m.key, m.value::float8, r.seq
+         FROM telemetry r CROSS JOIN LATERAL jsonb_each(r.metrics) m
+         ORDER BY r.device_id, m.key, r.ts DESC, r.seq DESC",
+    )
+    .fetch_all(s.pool())
+    .await
+    .expect("raw latest");
+    let latest: Vec<(Uuid, String, f64, i64)> = sqlx::query_as(
+        "SELECT device_id, metric, value, seq FROM telemetry_latest ORDER BY device_id, metric",
+    )
+    .fetch_all(s.pool())
+    .await
+    .expect("latest");
+    assert_eq!(latest, expected);
+}
+
+#[tokio::test]
+async fn retention_drops_old_days_with_their_dedup_rows_and_refuses_them_afterwards() {
+    let s = site().await;
+    let (_, credential) = s.active("T-1").await;
+    let pool = s.pool().clone();
+    ingest::store::apply_retention(&pool, 10)
+        .await
+        .expect("retention 10 days");
+    let old = Utc::now() - Span::days(5);
+    let a = s
+        .post(
+            &credential,
+            vec![
+                reading(1, old, json!({"temp": 1})),
+                reading(2, Utc::now(), json!({"temp": 2})),
+            ],
+        )
+        .await;
+    assert_eq!(a.body["accepted"], json!(2), "{:?}", a.body);
+    let day = old.format("%Y%m%d").to_string();
+    let parts = format!(
+        "SELECT count(*) FROM pg_class WHERE relname IN ('telemetry_p{day}', 'telemetry_minute_p{day}')"
+    );
+    assert_eq!(count(&pool, &parts).await, 2);
+
+    let dropped = ingest::maintain_once(&pool, 2).await.expect("maintenance");
+    assert!(dropped >= 2, "dropped {dropped}");
+    assert_eq!(count(&pool, &parts).await, 0);
+    assert_eq!(count(&pool, "SELECT count(*) FROM telemetry").await, 1);
+    assert_eq!(count(&pool, "SELECT count(*) FROM telemetry_seen").await, 1);
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM telemetry_minute WHERE bucket < now() - interval '1 day'"
+        )
+        .await,
+        0
+    );
+    // Partitions stand ready for the next two days.
+    let tomorrow = (Utc::now() + Span::days(2)).format("%Y%m%d").to_string();
+    assert_eq!(
+        count(
+            &pool,
+            &format!("SELECT count(*) FROM pg_class WHERE relname = 'telemetry_p{tomorrow}'")
+        )
+        .await,
+        1
+    );
+    // The dropped reading does not come back: it is behind the horizon now.
+    let a = s
+        .post(&credential, vec![reading(1, old, json!({"temp": 1}))])
+        .await;
+    assert_eq!(a.status, StatusCode::ACCEPTED);
+    assert_eq!(
+        a.body,
+        json!({"accepted": 0, "duplicates": 0, "rejected": [{"index": 0, "seq": 1, "code": "ts_too_old"}]})
+    );
+    assert_eq!(count(&pool, "SELECT count(*) FROM telemetry").await, 1);
+}
+
+// ----- NATS -----
+
+/// A JetStream stream, subjects and consumer of one test, deleted when it ends.
+struct Bus {
+    url: String,
+    js: Context,
+    config: NatsConfig,
+}
+
+impl Bus {
+    async fn new(config: impl FnOnce(&mut NatsConfig)) -> Bus {
+        let url = std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned());
+        let client = async_nats::connect(&url)
+            .await
+            .unwrap_or_else(|e| panic!("these tests need nats-server -js at {url}: {e}"));
+        let js = async_nats::jetstream::new(client.clone());
+        let tag = Uuid::now_v7().simple().to_string();
+        let mut c = NatsConfig {
+            stream: format!("TELEMETRY_{tag}"),
+            subject_prefix: format!("telemetry_{tag}"),
+            consumer: "chronicle-ingest".to_owned(),
+            workers: 1,
+            ack_wait: Duration::from_secs(2),
+            nak_delay: Duration::from_millis(100),
+            nak_delay_max: Duration::from_millis(400),
+            max_age: Duration::from_secs(3600),
+            ..Default::default()
+        };
+        config(&mut c);
+        ingest::nats::setup(&js, &c)
+            .await
+            .expect("stream and consumer");
+        Bus { url, js, config: c }
+    }
+
+    fn subject(&self, device: impl std::fmt::Display) -> String {
+        format!("{}.{device}", self.config.subject_prefix)
+    }
+
+    /// Publishes everything, then waits for every acknowledgement of the stream.
+    async fn publish(&self, messages: Vec<(String, Vec<u8>)>) {
+        let mut acks = Vec::new();
+        for (subject, payload) in messages {
+            acks.push(
+                self.js
+                    .publish(subject, payload.into())
+                    .await
+                    .expect("publish"),
+            );
+        }
+        for ack in acks {
+            ack.await.expect("stored by the stream");
+        }
+    }
+
+    /// A worker on its own connection (so aborting it is like its process dying).
+    async fn worker(&self, pool: &PgPool) -> (tokio::task::JoinHandle<()>, watch::Sender<bool>) {
+        let client = async_nats::connect(&self.url).await.expect("connect");
+        let js = async_nats::jetstream::new(client.clone());
+        let consumer = ingest::nats::setup(&js, &self.config)
+            .await
+            .expect("consumer");
+        let (stop, stopped) = watch::channel(false);
+        let worker = Worker::new(pool.clone(), client, consumer, self.config.clone());
+        (tokio::spawn(worker.run(stopped)), stop)
+    }
+
+    /// (pending, ack pending, redelivered) of the consumer.
+    async fn consumer_state(&self) -> (u64, usize, usize) {
+        let stream = self
+            .js
+            .get_stream(&self.config.stream)
+            .await
+            .expect("stream");
+        let info = stream
+            .consumer_info(&self.config.consumer)
+            .await
+            .expect("consumer info");
+        (info.num_pending, info.num_ack_pending, info.num_redelivered)
+    }
+
+    /// Waits until the consumer has nothing pending or unacknowledged.
+    async fn drained(&self) {
+        eventually("the consumer to be drained", || async {
+            let (pending, ack_pending, _) = self.consumer_state().await;
+            pending == 0 && ack_pending == 0
+        })
+        .await;
+    }
+}
+
+impl Drop for Bus {
+    fn drop(&mut self) {
+        let (url, stream) = (self.url.clone(), self.config.stream.clone());
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                if let Ok(client) = async_nats::connect(url).await {
+                    let js = async_nats::jetstream::new(client);
+                    let _ = js.delete_stream(stream).await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+fn payload(v: Value) -> Vec<u8> {
+    serde_json::to_vec(&v).expect("json")
+}
+
+#[tokio::test]
+async fn a_reading_published_twice_over_nats_and_posted_over_http_is_stored_once() {
+    let s = site().await;
+    let (device, credential) = s.active("T-1").await;
+    let bus = Bus::new(|_| {}).await;
+    let (worker, stop) = bus.worker(s.pool()).await;
+    let now = Utc::now();
+    let r = reading(1, now, json!({"temp": 20, "hum": 50}));
+    bus.publish(vec![
+        (bus.subject(device), payload(r.clone())),
+        (bus.subject(device), payload(r.clone())),
+    ])
+    .await;
+    eventually("the reading stored", || async { s.stored().await == 1 }).await;
+    bus.drained().await;
+    // The same reading over HTTP is a duplicate of the one NATS stored.
+    let a = s.post(&credential, vec![r]).await;
+    assert_eq!(
+        a.body,
+        json!({"accepted": 0, "duplicates": 1, "rejected": []})
+    );
+    // With its device_id in the payload too, and a later reading: one more row.
+    let mut with_id = reading(2, now, json!({"temp": 21}));
+    with_id["device_id"] = json!(device);
+    bus.publish(vec![(bus.subject(device), payload(with_id))])
+        .await;
+    eventually("the second reading stored", || async {
+        s.stored().await == 2
+    })
+    .await;
+    bus.drained().await;
+    assert_eq!(s.stored().await, 2);
+    assert_eq!(
+        count(s.pool(), "SELECT sum(count)::int8 FROM telemetry_minute").await,
+        3
+    );
+    assert_eq!(
+        count(s.pool(), "SELECT count(*) FROM telemetry_dead_letters").await,
+        0
+    );
+    let _ = stop.send(true);
+    worker.await.expect("the worker stops on shutdown");
+}
+
+#[tokio::test]
+async fn a_worker_killed_mid_batch_loses_nothing_and_doubles_nothing() {
+    let s = site().await;
+    let mut devices = Vec::new();
+    for i in 0..3 {
+        devices.push(s.active(&format!("T-{i}")).await.0);
+    }
+    let bus = Bus::new(|c| c.batch_max = 100).await;
+    let now = Utc::now();
+    let per_device = 1000;
+    let mut messages = Vec::new();
+    for seq in 0..per_device {
+        for d in &devices {
+            let ts = now - Span::milliseconds((per_device - seq) * 10);
+            messages.push((
+                bus.subject(d),
+                payload(reading(seq, ts, json!({"temp": seq, "hum": 1}))),
+            ));
+        }
+    }
+    let total = messages.len() as i64;
+    bus.publish(messages).await;
+    let (first, _stop_first) = bus.worker(s.pool()).await;
+    eventually("the first worker to store something", || async {
+        s.stored().await > 0
+    })
+    .await;
+    // Killed while it holds delivered, unacknowledged messages (its connection goes too).
+    first.abort();
+    let _ = first.await;
+    let after_kill = s.stored().await;
+    assert!(
+        after_kill < total,
+        "the worker was killed before the end ({after_kill})"
+    );
+    let (second, stop) = bus.worker(s.pool()).await;
+    eventually("every reading stored", || async {
+        s.stored().await == total
+    })
+    .await;
+    bus.drained().await;
+    assert_eq!(s.stored().await, total);
+    assert_eq!(
+        count(
+            s.pool(),
+            "SELECT count(DISTINCT (device_id, seq)) FROM telemetry"
+        )
+        .await,
+        total
+    );
+    assert_eq!(
+        count(s.pool(), "SELECT count(*) FROM telemetry_seen").await,
+        total
+    );
+    assert_eq!(
+        count(s.pool(), "SELECT sum(count)::int8 FROM telemetry_minute").await,
+        2 * total,
+        "each reading counted once in the rollups"
+    );
+    assert_eq!(
+        count(
+            s.pool(),
+            "SELECT count(*) FROM telemetry_latest WHERE seq = 999 AND metric = 'temp'"
+        )
+        .await,
+        3
+    );
+    let _ = stop.send(true);
+    second.await.expect("the worker stops on shutdown");
+}
+
+#[tokio::test]
+async fn unacceptable_messages_are_dead_lettered_once_and_not_delivered_again() {
+    let s = site().await;
+    let (good, _) = s.active("T-ok").await;
+    let (suspended, _) = s.active("T-susp").await;
+    let (gone, _) = s.active("T-gone").await;
+    let fresh = s.registered("T-new").await;
+    s.act(suspended, "suspend").await;
+    s.act(gone, "decommission").await;
+    let unknown = Uuid::now_v7();
+    let bus = Bus::new(|_| {}).await;
+    let (worker, stop) = bus.worker(s.pool()).await;
+    let now = Utc::now();
+    let ok = |seq| payload(reading(seq, now, json!({"temp": 1})));
+    let mut mismatch = reading(3, now, json!({"temp": 1}));
+    mismatch["device_id"] = json!(unknown);
+    let bad = vec![
+        (
+            bus.subject(good),
+            b"{\"seq\": 1, \"ts\":".to_vec(),
+            "bad_json",
+        ),
+        (bus.subject(good), payload(mismatch), "device_mismatch"),
+        (
+            bus.subject(good),
+            payload(reading(4, now + Span::minutes(10), json!({"t": 1}))),
+            "ts_in_future",
+        ),
+        (
+            bus.subject(good),
+            payload(reading(5, now, json!({"T": 1}))),
+            "bad_metric_name",
+        ),
+        (bus.subject(suspended), ok(1), "device_inactive"),
+        (bus.subject(gone), ok(1), "device_inactive"),
+        (bus.subject(fresh), ok(1), "device_inactive"),
+        (bus.subject(unknown), ok(1), "unknown_device"),
+        (bus.subject("not-a-device"), ok(1), "bad_subject"),
+    ];
+    let expected: BTreeMap<String, &str> = bad
+        .iter()
+        .map(|(subject, body, code)| {
+            (
+                format!("{subject} {}", String::from_utf8_lossy(body)),
+                *code,
+            )
+        })
+        .collect();
+    let mut messages: Vec<(String, Vec<u8>)> =
+        bad.iter().map(|(s, p, _)| (s.clone(), p.clone())).collect();
+    messages.push((bus.subject(good), ok(1)));
+    bus.publish(messages).await;
+    let letters = || count(s.pool(), "SELECT count(*) FROM telemetry_dead_letters");
+    eventually("every dead letter", || async { letters().await == 9 }).await;
+    eventually("the good reading", || async { s.stored().await == 1 }).await;
+    // Past the acknowledgement wait: a message that was not terminated would be delivered
+    // again by now. A later reading shows the worker is still taking messages.
+    tokio::time::sleep(bus.config.ack_wait + Duration::from_secs(1)).await;
+    bus.publish(vec![(bus.subject(good), ok(2))]).await;
+    eventually("the later reading", || async { s.stored().await == 2 }).await;
+    bus.drained().await;
+    let (_, _, redelivered) = bus.consumer_state().await;
+    assert_eq!(redelivered, 0);
+    let rows: Vec<(String, Vec<u8>, String, i32, String)> = sqlx::query_as(
+        "SELECT subject, payload, reason, deliveries, stream FROM telemetry_dead_letters",
+    )
+    .fetch_all(s.pool())
+    .await
+    .expect("dead letters");
+    assert_eq!(rows.len(), 9);
+    let got: BTreeMap<String, &str> = rows
+        .iter()
+        .map(|(subject, body, reason, _, _)| {
+            (
+                format!("{subject} {}", String::from_utf8_lossy(body)),
+                reason.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(got, expected);
+    assert!(
+        rows.iter().all(|r| r.3 == 1 && r.4 == bus.config.stream),
+        "{rows:?}"
+    );
+    let _ = stop.send(true);
+    worker.await.expect("the worker stops on shutdown");
+}
+
+#[tokio::test]
+async fn a_batch_the_database_refuses_is_naked_and_stored_once_it_recovers() {
+    let s = site().await;
+    let (device, _) = s.active("T-1").await;
+    let bus = Bus::new(|_| {}).await;
+    sqlx::query("ALTER TABLE telemetry_seen RENAME TO telemetry_seen_away")
+        .execute(s.pool())
+        .await
+        .expect("break the writer");
+    let (worker, stop) = bus.worker(s.pool()).await;
+    bus.publish(vec![(
+        bus.subject(device),
+        payload(reading(1, Utc::now(), json!({"temp": 1}))),
+    )])
+    .await;
+    eventually("a redelivery after the NAK", || async {
+        bus.consumer_state().await.2 > 0
+    })
+    .await;
+    assert_eq!(s.stored().await, 0);
+    sqlx::query("ALTER TABLE telemetry_seen_away RENAME TO telemetry_seen")
+        .execute(s.pool())
+        .await
+        .expect("repair the writer");
+    eventually("the reading stored", || async { s.stored().await == 1 }).await;
+    bus.drained().await;
+    assert_eq!(s.stored().await, 1);
+    assert_eq!(
+        count(s.pool(), "SELECT count(*) FROM telemetry_dead_letters").await,
+        0
+    );
+    let _ = stop.send(true);
+    worker.await.expect("the worker stops on shutdown");
+}
