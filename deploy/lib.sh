@@ -45,3 +45,30 @@ ensure_cargo() {
   fi
   command -v cargo >/dev/null || { echo "cargo is needed: install Rust with rustup first" >&2; return 1; }
 }
+
+nats_up() { (exec 3<>/dev/tcp/127.0.0.1/4222) 2>/dev/null; }
+
+# The telemetry tests need a NATS server with JetStream: use NATS_URL when it is set, else the
+# one answering on 127.0.0.1:4222, else install the Debian package `nats-server` if needed and
+# start one with JetStream (its data under $TMPDIR), left running like the PostgreSQL cluster.
+ensure_nats() {
+  if [ -n "${NATS_URL:-}" ] || nats_up; then return 0; fi
+  local bin
+  bin=$(command -v nats-server || echo /usr/sbin/nats-server)
+  if [ ! -x "$bin" ]; then
+    echo "NATS is not installed: installing the Debian package nats-server" >&2
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nats-server >/dev/null
+    bin=$(command -v nats-server || echo /usr/sbin/nats-server)
+  fi
+  local dir="${TMPDIR:-/tmp}/chronicle-nats"
+  mkdir -p "$dir"
+  echo "starting nats-server with JetStream on 127.0.0.1:4222 (data in $dir)" >&2
+  nohup "$bin" -a 127.0.0.1 -p 4222 -js -sd "$dir" -l "$dir/nats-server.log" >/dev/null 2>&1 &
+  for _ in $(seq 1 40); do
+    if nats_up; then return 0; fi
+    sleep 0.25
+  done
+  echo "NATS did not come up on 127.0.0.1:4222" >&2
+  return 1
+}

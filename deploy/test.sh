@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Runs the whole test suite against a real PostgreSQL (started or installed if missing).
+# Runs the whole test suite against a real PostgreSQL and NATS JetStream (each started or
+# installed if missing).
 # Each test creates its own database and drops it when done. Ends with one summary line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . deploy/lib.sh
 ensure_cargo
 ensure_postgres
+ensure_nats
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0

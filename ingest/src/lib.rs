@@ -102,9 +102,7 @@ async fn run_nats(
 ) {
     let (client, consumer) = loop {
         let attempt = async {
-            let client = async_nats::connect(url)
-                .await
-                .map_err(nats::NatsError::from_display)?;
+            let client = nats::connect(url).await?;
             let js = async_nats::jetstream::new(client.clone());
             let consumer = nats::setup(&js, &config).await?;
             Ok::<_, nats::NatsError>((client, consumer))

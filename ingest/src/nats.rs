@@ -85,6 +85,43 @@ impl NatsError {
     }
 }
 
+/// Connects to `url`; credentials in it are used (`nats://user:password@host:4222`, or
+/// `nats://token@host:4222`), which the client would otherwise ignore.
+pub async fn connect(url: &str) -> Result<async_nats::Client, NatsError> {
+    let addr: async_nats::ServerAddr = url.parse().map_err(NatsError::from_display)?;
+    let options = async_nats::ConnectOptions::new().name("chronicle-ingest");
+    let options = match (addr.username().map(percent_decode), addr.password()) {
+        (Some(user), Some(pass)) => options.user_and_password(user, percent_decode(pass)),
+        (Some(token), None) => options.token(token),
+        _ => options,
+    };
+    options.connect(addr).await.map_err(NatsError::from_display)
+}
+
+/// Decodes `%XX` escapes of a URL's user or password.
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// Creates or updates the stream and the durable pull consumer, and returns the consumer.
 pub async fn setup(js: &Context, config: &NatsConfig) -> Result<PullConsumer, NatsError> {
     let subjects = format!("{}.>", config.subject_prefix);
@@ -411,5 +448,17 @@ async fn pause(shutdown: &mut watch::Receiver<bool>, d: Duration) {
     tokio::select! {
         _ = tokio::time::sleep(d) => {}
         _ = shutdown.changed() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percent_decode;
+
+    #[test]
+    fn url_credentials_are_percent_decoded() {
+        assert_eq!(percent_decode("p%40ss%2Fw0rd"), "p@ss/w0rd");
+        assert_eq!(percent_decode("plain"), "plain");
+        assert_eq!(percent_decode("50%"), "50%");
     }
 }

@@ -533,7 +533,8 @@ async fn rollups_equal_aggregates_of_the_raw_readings() {
     // Per minute: the rollup table against the raw readings.
     type Key = (Uuid, String, DateTime<Utc>);
     type Stats = (f64, f64, f64, i64);
-    let raw: Vec<(Uuid, String, DateTime<Utc>, f64, f64, f64, i64)> = sqlx::query_as(
+    type Row = (Uuid, String, DateTime<Utc>, f64, f64, f64, i64);
+    let raw: Vec<Row> = sqlx::query_as(
         "SELECT r.device_id, m.key, date_trunc('minute', r.ts, 'UTC'), min(m.value::float8),
                 max(m.value::float8), sum(m.value::float8), count(*)
          FROM telemetry r CROSS JOIN LATERAL jsonb_each(r.metrics) m GROUP BY 1, 2, 3",
@@ -541,18 +542,17 @@ async fn rollups_equal_aggregates_of_the_raw_readings() {
     .fetch_all(s.pool())
     .await
     .expect("raw per minute");
-    let rolled: Vec<(Uuid, String, DateTime<Utc>, f64, f64, f64, i64)> = sqlx::query_as(
+    let rolled: Vec<Row> = sqlx::query_as(
         "SELECT device_id, metric, bucket, min, max, sum, count FROM telemetry_minute",
     )
     .fetch_all(s.pool())
     .await
     .expect("rollups");
-    let by_key =
-        |rows: Vec<(Uuid, String, DateTime<Utc>, f64, f64, f64, i64)>| -> BTreeMap<Key, Stats> {
-            rows.into_iter()
-                .map(|(d, m, b, lo, hi, sum, n)| ((d, m, b), (lo, hi, sum, n)))
-                .collect()
-        };
+    let by_key = |rows: Vec<Row>| -> BTreeMap<Key, Stats> {
+        rows.into_iter()
+            .map(|(d, m, b, lo, hi, sum, n)| ((d, m, b), (lo, hi, sum, n)))
+            .collect()
+    };
     let raw = by_key(raw);
     let rolled = by_key(rolled);
     assert!(raw.len() > 100, "many minute buckets: {}", raw.len());
