@@ -2,6 +2,11 @@
 
 mod projections_cli;
 
+/// mimalloc: the log is read and decoded into many small allocations across threads, where
+/// it is markedly cheaper than the system allocator (docs/benchmarks.md, "Read side").
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use anyhow::Context;
 use api::{AppState, AuthConfig};
 use axum::serve::ListenerExt;

@@ -7,6 +7,11 @@
 
 mod read_side;
 
+/// mimalloc: the log is read and decoded into many small allocations across threads, where
+/// it is markedly cheaper than the system allocator (docs/benchmarks.md, "Read side").
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use anyhow::{anyhow, bail, Context};
 use clap::{Parser, ValueEnum};
 use serde_json::{json, Value};

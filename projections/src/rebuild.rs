@@ -147,11 +147,21 @@ pub async fn build_all(
             cursor = end;
             // Hand every event to each projector of its stream type: moved to the last one
             // that wants it, cloned for the others.
-            let mut parts: Vec<Vec<RecordedEvent>> = vec![Vec::new(); senders.len()];
-            for event in events {
-                let wanting: Vec<usize> = (0..types.len())
-                    .filter(|&i| types[i].contains(&event.stream_type.as_str()))
-                    .collect();
+            let wanting: Vec<Vec<usize>> = events
+                .iter()
+                .map(|e| {
+                    (0..types.len())
+                        .filter(|&i| types[i].contains(&e.stream_type.as_str()))
+                        .collect()
+                })
+                .collect();
+            let mut sizes = vec![0; senders.len()];
+            for &i in wanting.iter().flatten() {
+                sizes[i] += 1;
+            }
+            let mut parts: Vec<Vec<RecordedEvent>> =
+                sizes.into_iter().map(Vec::with_capacity).collect();
+            for (event, wanting) in events.into_iter().zip(wanting) {
                 if let Some((&last, others)) = wanting.split_last() {
                     for &i in others {
                         parts[i].push(event.clone());

@@ -94,14 +94,97 @@ impl RecordedEvent {
     }
 
     /// The payload as a domain event enum tagged by `type` (the stored event type name).
+    ///
+    /// The payload is read in place: the tag is put in front of its fields (replacing any
+    /// `type` field of its own) without copying them.
     pub fn decode<E: serde::de::DeserializeOwned>(&self) -> Result<E, serde_json::Error> {
-        let mut payload = self.payload.clone();
-        if let Some(obj) = payload.as_object_mut() {
-            obj.insert(
-                "type".into(),
-                serde_json::Value::String(self.event_type.clone()),
-            );
+        use serde::de::value::MapDeserializer;
+        let Some(fields) = self.payload.as_object() else {
+            return serde_json::from_value(self.payload.clone());
+        };
+        let tag = serde_json::Value::String(self.event_type.clone());
+        let entries = std::iter::once(("type", &tag)).chain(
+            fields
+                .iter()
+                .filter(|(name, _)| name.as_str() != "type")
+                .map(|(name, value)| (name.as_str(), value)),
+        );
+        E::deserialize(MapDeserializer::<_, serde_json::Error>::new(entries))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, PartialEq, Deserialize)]
+    #[serde(tag = "type")]
+    enum Sample {
+        Opened { owner: Uuid, amount: i64 },
+        Closed,
+        Renamed { name: String },
+    }
+
+    fn event(event_type: &str, payload: serde_json::Value) -> RecordedEvent {
+        RecordedEvent {
+            position: 1,
+            tx: 1,
+            event_id: Uuid::nil(),
+            stream_type: "sample".into(),
+            stream_id: Uuid::nil(),
+            stream_version: 1,
+            event_type: event_type.into(),
+            schema_version: 1,
+            payload,
+            metadata: Metadata {
+                actor_sub: "s".into(),
+                actor_role: "r".into(),
+                command_id: Uuid::nil(),
+                correlation_id: Uuid::nil(),
+                causation_id: None,
+                occurred_at: chrono::DateTime::UNIX_EPOCH,
+            },
         }
-        serde_json::from_value(payload)
+    }
+
+    #[test]
+    fn decode_tags_the_payload_with_the_stored_event_type() {
+        let owner = Uuid::now_v7();
+        let got: Sample = event("Opened", serde_json::json!({"owner": owner, "amount": 5}))
+            .decode()
+            .expect("decodes");
+        assert_eq!(got, Sample::Opened { owner, amount: 5 });
+        let got: Sample = event("Closed", serde_json::json!({}))
+            .decode()
+            .expect("unit");
+        assert_eq!(got, Sample::Closed);
+        // A `type` field inside the payload never overrides the stored event type.
+        let got: Sample = event(
+            "Renamed",
+            serde_json::json!({"type": "Closed", "name": "x"}),
+        )
+        .decode()
+        .expect("stored type wins");
+        assert_eq!(got, Sample::Renamed { name: "x".into() });
+    }
+
+    #[test]
+    fn decode_refuses_unknown_types_missing_fields_and_non_objects() {
+        assert!(event("Vanished", serde_json::json!({}))
+            .decode::<Sample>()
+            .is_err());
+        assert!(event("Opened", serde_json::json!({"amount": 5}))
+            .decode::<Sample>()
+            .is_err());
+        assert!(event("Opened", serde_json::json!([1, 2]))
+            .decode::<Sample>()
+            .is_err());
+        assert!(event(
+            "Opened",
+            serde_json::json!({"owner": "not a uuid", "amount": 5})
+        )
+        .decode::<Sample>()
+        .is_err());
     }
 }
