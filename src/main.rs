@@ -279,6 +279,14 @@ async fn main() -> anyhow::Result<()> {
             if roles.contains(&ServeRole::Projectors) {
                 let spawned = projections_cli::spawn_workers(&pool, service.commits(), &stopped);
                 tracing::info!(projectors = spawned.len(), "the projectors are running");
+                if let Some(url) = nats_url.clone() {
+                    workers.push(projections_cli::spawn_fanout(
+                        pool.clone(),
+                        url,
+                        service.commits(),
+                        stopped.clone(),
+                    ));
+                }
                 workers.extend(spawned.into_iter().map(|h| {
                     tokio::spawn(async move {
                         if let Ok(Err(error)) = h.await {

@@ -3,6 +3,7 @@
 
 use anyhow::Context;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use projections::fanout::{FanoutConfig, FanoutProjector};
 use projections::{rebuild, Projector, Worker, WorkerConfig};
 use sqlx::PgPool;
 use std::collections::HashMap;
@@ -23,6 +24,42 @@ pub fn spawn_workers(
             tokio::spawn(worker.run(Some(wake.clone()), shutdown.clone()))
         })
         .collect()
+}
+
+/// Starts the event fan-out to NATS JetStream: connects (retrying while NATS is away), makes
+/// sure the `EVENTS` stream exists, then runs the `fanout` projector like the others (its
+/// lease makes one process publish at a time).
+pub fn spawn_fanout(
+    pool: PgPool,
+    url: String,
+    wake: watch::Receiver<std::collections::BTreeMap<&'static str, u64>>,
+    mut shutdown: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut pause = std::time::Duration::from_secs(1);
+        let projector = loop {
+            let started = match ingest::nats::connect(&url).await {
+                Ok(client) => FanoutProjector::start(client, FanoutConfig::default()).await,
+                Err(e) => Err(e.to_string()),
+            };
+            match started {
+                Ok(p) => break p,
+                Err(error) => {
+                    tracing::warn!(%error, "event fan-out cannot start yet; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(pause) => {}
+                        _ = shutdown.changed() => return,
+                    }
+                    pause = (pause * 2).min(std::time::Duration::from_secs(30));
+                }
+            }
+        };
+        tracing::info!("event fan-out to NATS JetStream (stream EVENTS) is running");
+        let worker = Worker::live(pool, Arc::new(projector), WorkerConfig::default());
+        if let Err(error) = worker.run(Some(wake), shutdown).await {
+            tracing::error!(%error, "the event fan-out stopped");
+        }
+    })
 }
 
 fn select(name: &str) -> anyhow::Result<Vec<Arc<dyn Projector>>> {

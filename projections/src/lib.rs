@@ -4,6 +4,7 @@
 //! `X-Min-Position`.
 
 pub mod commerce;
+pub mod fanout;
 pub mod money;
 pub mod page;
 pub mod rebuild;

@@ -91,6 +91,16 @@ pub trait Projector: Send + Sync + 'static {
         conn: &mut PgConnection,
         events: &[RecordedEvent],
     ) -> Result<(), ApplyError>;
+
+    /// Hands a batch to a receiver outside the database before the batch's transaction
+    /// (the event fan-out publishes here); the checkpoint moves past the batch only once this
+    /// returned `Ok`, so a batch may be delivered again after a failure or a crash, never
+    /// skipped. It runs outside any transaction, so a slow or failing receiver never holds
+    /// back the log's readable horizon for the other readers; a failure is retried with
+    /// backoff for as long as it lasts and never parks anything. By default, nothing.
+    async fn deliver(&self, _events: &[RecordedEvent]) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// How a worker reads and retries.
@@ -309,6 +319,11 @@ impl Worker {
     }
 
     async fn take(&mut self, events: &[RecordedEvent], end: Cursor) -> Result<Step, sqlx::Error> {
+        if !events.is_empty() {
+            if let Err(e) = self.projector.deliver(events).await {
+                return Err(sqlx::Error::Protocol(format!("delivery failed: {e}")));
+            }
+        }
         match self.commit(events, end, None).await? {
             Ok(step) => Ok(step),
             Err(error) if events.len() == 1 => self.retry_or_park(&events[0], end, error).await,

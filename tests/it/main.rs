@@ -21,3 +21,4 @@ mod queries_money;
 mod rules_over_http;
 mod state_machine;
 mod telemetry;
+mod fanout;
