@@ -81,7 +81,11 @@ pub async fn build_shadow(
 pub const SHARED_READ_BATCH: i64 = 10_000;
 
 /// Batches read ahead of the slowest projector by [`build_all`].
-const READ_AHEAD: usize = 4;
+const READ_AHEAD: usize = 6;
+
+/// A projector behind the reader takes the batches waiting for it together, up to this many
+/// of its events in one transaction.
+const COALESCE_UP_TO: usize = 40_000;
 
 /// Replays the log into the shadow tables of several projectors at once (a `rebuild all`):
 /// one reader reads and decodes the log once, in commit order, and hands each projector the
@@ -120,7 +124,18 @@ pub async fn build_all(
         senders.push(send);
         let progress = progress.clone();
         appliers.spawn(async move {
-            while let Some((events, end)) = receive.recv().await {
+            while let Some((mut events, mut end)) = receive.recv().await {
+                // A projector behind the reader takes the batches waiting for it in one
+                // transaction: fewer commits, and each row it keeps is written once for all.
+                while events.len() < COALESCE_UP_TO {
+                    match receive.try_recv() {
+                        Ok((more, reached)) => {
+                            events.extend(more);
+                            end = reached;
+                        }
+                        Err(_) => break,
+                    }
+                }
                 if let Step::Took(n) = worker.feed(&events, end).await? {
                     progress(worker.name(), n, worker.cursor());
                 }
