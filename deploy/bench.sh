@@ -4,12 +4,18 @@
 #   deploy/bench.sh [deposits|long-stream|all] [--duration 30] [--concurrency 32] [...]
 #   deploy/bench.sh rebuild [--events 1000000] [--accounts 2000] [--concurrency 32]
 #   deploy/bench.sh lag [--duration 30] [--concurrency 32] [--probe-interval-ms 20]
+#   deploy/bench.sh telemetry [--duration 30] [--devices 1000] [--publishers 4] [--in-flight 512]
+#                             [--nats-rate 0] [--http-clients 4] [--copy-rows 10000] [...]
 #   deploy/bench.sh --help
 #
 # rebuild: loads a mix of commands over HTTP (server with --roles api), then rebuilds every
 # read model in-process and compares with raw multi-row INSERTs of the same rows.
 # lag: server with --roles api,projectors,processes under the deposits load; measures how long
 # after a deposit's answer its event is applied by the wallets and stats projectors.
+# telemetry: server with --roles api,ingest and NATS_URL (default nats://127.0.0.1:4222), a
+# stream, subjects and consumer of its own (deleted at the end); simulated devices publish
+# readings over NATS, then post batches over HTTP; each path against a raw binary COPY of the
+# same rows.
 #
 # Builds the release binaries, then runs target/release/chronicle-bench, which creates a fresh
 # database chronicle_bench_<random> on BENCH_DATABASE_URL (default

@@ -6,6 +6,7 @@
 //! Ctrl-C. Run it through `deploy/bench.sh`; see docs/benchmarks.md.
 
 mod read_side;
+mod telemetry;
 
 /// mimalloc: the log is read and decoded into many small allocations across threads, where
 /// it is markedly cheaper than the system allocator (docs/benchmarks.md, "Read side").
@@ -41,6 +42,9 @@ enum Scenario {
     Rebuild,
     /// Live lag of the read models (all roles) while deposits load the server.
     Lag,
+    /// Telemetry from simulated devices over NATS JetStream, then over HTTP batches, each
+    /// against a raw binary COPY of the same rows into a same-shaped table.
+    Telemetry,
 }
 
 /// Chronicle's benchmark: commands over HTTP against a raw PostgreSQL baseline.
@@ -80,6 +84,36 @@ struct Args {
     /// lag: milliseconds between two probes (each one deposit, then polling its visibility).
     #[arg(long, default_value_t = 20)]
     probe_interval_ms: u64,
+    /// telemetry: simulated devices (registered and activated over HTTP).
+    #[arg(long, default_value_t = 1_000)]
+    devices: usize,
+    /// telemetry: NATS server the server's ingest workers and the publishers use.
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    nats_url: String,
+    /// telemetry: publisher tasks (each with its own NATS connection).
+    #[arg(long, default_value_t = 4)]
+    publishers: usize,
+    /// telemetry: unacknowledged JetStream publishes each publisher keeps in flight.
+    #[arg(long, default_value_t = 512)]
+    in_flight: usize,
+    /// telemetry: readings/s all publishers together aim at (0: as fast as acks come back).
+    #[arg(long, default_value_t = 0)]
+    nats_rate: u64,
+    /// telemetry: publish with `Nats-Msg-Id: <device>:<seq>` (server-side deduplication).
+    #[arg(long)]
+    nats_msg_id: bool,
+    /// telemetry: HTTP clients posting batches (1,000 readings of one device each).
+    #[arg(long, default_value_t = 4)]
+    http_clients: usize,
+    /// telemetry: CHRONICLE_INGEST_WORKERS for the server (default: the server's own).
+    #[arg(long)]
+    ingest_workers: Option<usize>,
+    /// telemetry: connections of the raw COPY baseline.
+    #[arg(long, default_value_t = 2)]
+    raw_connections: usize,
+    /// telemetry: rows per COPY statement (one transaction each) of the raw baseline.
+    #[arg(long, default_value_t = 10_000)]
+    copy_rows: usize,
     /// PostgreSQL server to create the benchmark database on (any database of it).
     #[arg(
         long,
@@ -302,13 +336,15 @@ struct Server {
 
 impl Server {
     /// Starts `chronicle serve` with `roles` (`--roles`), or with BENCH_SERVER_ROLES when
-    /// `roles` is `None`, or with the server's default roles when neither is set.
+    /// `roles` is `None`, or with the server's default roles when neither is set; `env` is
+    /// added to its environment.
     async fn start(
         bin: &Path,
         database_url: &str,
         secret: &str,
         log: &Path,
         roles: Option<&str>,
+        env: &[(String, String)],
     ) -> anyhow::Result<Server> {
         let addr = format!("127.0.0.1:{}", free_port()?);
         let out = OpenOptions::new()
@@ -328,6 +364,7 @@ impl Server {
             .args(&args)
             .env("DATABASE_URL", database_url)
             .env("CHRONICLE_JWT_SECRET", secret)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out)
@@ -546,17 +583,27 @@ impl Ctx {
     }
 
     async fn start_server(&self) -> anyhow::Result<Server> {
-        Server::start(&self.bin, &self.db_url, &self.secret, &self.log, None).await
+        Server::start(&self.bin, &self.db_url, &self.secret, &self.log, None, &[]).await
     }
 
     /// Starts the server with exactly these `--roles` (BENCH_SERVER_ROLES is not consulted).
     async fn start_server_with_roles(&self, roles: &str) -> anyhow::Result<Server> {
+        self.start_server_with_env(roles, &[]).await
+    }
+
+    /// Starts the server with exactly these `--roles` and `env` added to its environment.
+    async fn start_server_with_env(
+        &self,
+        roles: &str,
+        env: &[(String, String)],
+    ) -> anyhow::Result<Server> {
         Server::start(
             &self.bin,
             &self.db_url,
             &self.secret,
             &self.log,
             Some(roles),
+            env,
         )
         .await
     }
@@ -1044,6 +1091,7 @@ async fn run(ctx: &Ctx, admin_url: &str) -> anyhow::Result<()> {
     match scenario {
         Scenario::Rebuild => return read_side::run_rebuild(ctx, admin_url).await,
         Scenario::Lag => return read_side::run_lag(ctx, admin_url).await,
+        Scenario::Telemetry => return telemetry::run_telemetry(ctx, admin_url).await,
         Scenario::Deposits | Scenario::LongStream | Scenario::All => {}
     }
     let mut server = ctx.start_server().await?;
@@ -1107,6 +1155,19 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     }
     if args.scenario == Scenario::Rebuild && (args.events < 1 || args.accounts < 2) {
         bail!("rebuild needs --events >= 1 and --accounts >= 2");
+    }
+    if args.scenario == Scenario::Telemetry
+        && (args.devices < 2
+            || args.publishers == 0
+            || args.in_flight == 0
+            || args.http_clients == 0
+            || args.raw_connections == 0
+            || args.copy_rows == 0)
+    {
+        bail!(
+            "telemetry needs --devices >= 2 and at least 1 of --publishers, --in-flight, \
+             --http-clients, --raw-connections, --copy-rows"
+        );
     }
     let bin = match &args.chronicle_bin {
         Some(b) => b.clone(),

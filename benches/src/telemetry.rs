@@ -1,0 +1,1239 @@
+//! The telemetry scenario: simulated devices send readings over NATS JetStream, then over
+//! HTTP batches, into a server running `--roles api,ingest`; each path is compared with a raw
+//! binary COPY of the very rows it stored into a same-shaped table, in the same run.
+//!
+//! 1. `chronicle serve --roles api,ingest` with `NATS_URL` and a stream, subject prefix and
+//!    consumer of this run only (`BENCH_TELEMETRY_<run>`, `bench.<run>.telemetry`,
+//!    `bench-ingest-<run>`); the stream is deleted at the end (also on an error or Ctrl-C).
+//! 2. `--devices` devices registered and activated over HTTP (one customer owns them all),
+//!    each with its device credential.
+//! 3. NATS: `--publishers` tasks, each on its own connection with a share of the devices,
+//!    publish one reading per message to `<prefix>.<device_id>` for `--duration` seconds,
+//!    keeping `--in-flight` publishes unacknowledged; then the bench waits until the consumer
+//!    has nothing pending or unacknowledged (the workers acknowledge after the commit). One more
+//!    device is the probe: one reading every 10 ms, polled for in `telemetry_seen` every 5 ms.
+//! 4. HTTP: `--http-clients` clients post batches of 1,000 readings of one device (its
+//!    credential) for `--duration` seconds; the 202's `accepted` counts.
+//! 5. After each path, the rows it stored are copied out of `telemetry` (binary, untimed)
+//!    and COPYed back, timed, into `bench_raw_telemetry` (`LIKE telemetry INCLUDING ALL`,
+//!    partitioned by day like it), `--copy-rows` rows per COPY statement, on
+//!    `--raw-connections` connections.
+
+use crate::{
+    cpu_line, cpu_sample, cpu_share, describe_setup, http_client, proc_ticks, stats_header,
+    stats_row, wal_delta, wal_sample, Api, CpuSample, Ctx, Stats,
+};
+use anyhow::{anyhow, bail, Context};
+use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
+use futures::TryStreamExt;
+use serde_json::{json, Value};
+use sqlx::{Connection, PgConnection};
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use uuid::Uuid;
+
+/// HTTP readings use seqs from here on, so that the two paths' rows can be told apart.
+const HTTP_SEQ_BASE: i64 = 1 << 40;
+/// Readings per HTTP request.
+const HTTP_BATCH: usize = 1_000;
+/// One probe reading every this long.
+const PROBE_EVERY: Duration = Duration::from_millis(10);
+/// The probe poller's interval.
+const PROBE_POLL: Duration = Duration::from_millis(5);
+/// A probe not seen this long after its publish counts as a timeout.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(300);
+/// The longest wait for the ingest workers to drain the stream after publishing stopped.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(900);
+
+/// Names of this run on the shared NATS server.
+#[derive(Clone)]
+struct Names {
+    url: String,
+    stream: String,
+    prefix: String,
+    consumer: String,
+}
+
+/// Deletes the run's stream when dropped (on an error or Ctrl-C), unless already deleted.
+struct StreamGuard {
+    names: Names,
+    deleted: bool,
+}
+
+async fn delete_stream(names: &Names) -> anyhow::Result<()> {
+    let client = ingest::nats::connect(&names.url).await?;
+    let js = async_nats::jetstream::new(client.clone());
+    match js.get_stream(&names.stream).await {
+        Ok(_) => {
+            js.delete_stream(&names.stream)
+                .await
+                .map_err(|e| anyhow!("cannot delete stream {}: {e}", names.stream))?;
+        }
+        Err(_) => {} // never created
+    }
+    let _ = client.drain().await;
+    Ok(())
+}
+
+impl StreamGuard {
+    async fn delete(&mut self) {
+        match tokio::time::timeout(Duration::from_secs(10), delete_stream(&self.names)).await {
+            Ok(Ok(())) => eprintln!("telemetry: deleted NATS stream {}", self.names.stream),
+            Ok(Err(e)) => eprintln!("telemetry: {e:#}"),
+            Err(_) => eprintln!(
+                "telemetry: could not delete NATS stream {} within 10 s",
+                self.names.stream
+            ),
+        }
+        self.deleted = true;
+    }
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        if self.deleted {
+            return;
+        }
+        let names = self.names.clone();
+        // Drop cannot await: a thread with its own runtime deletes the stream.
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async {
+                let r = tokio::time::timeout(Duration::from_secs(10), delete_stream(&names)).await;
+                if !matches!(r, Ok(Ok(()))) {
+                    eprintln!(
+                        "telemetry: could not delete NATS stream {}; delete it by hand",
+                        names.stream
+                    );
+                }
+            });
+        })
+        .join();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Readings
+
+/// One reading as a device sends it: four metrics derived from `seq`.
+fn reading_json(out: &mut String, seq: i64, ts: &str) {
+    let k = seq.rem_euclid(1000);
+    let _ = write!(
+        out,
+        "{{\"seq\":{seq},\"ts\":\"{ts}\",\"metrics\":{{\"temp\":{:.2},\"humidity\":{:.1},\"battery\":{:.3},\"rssi\":{}}}}}",
+        15.0 + (k % 200) as f64 * 0.05,
+        40.0 + (k % 50) as f64 * 0.5,
+        3.0 + k as f64 / 1000.0,
+        -40 - (k % 50)
+    );
+}
+
+fn now_rfc3339() -> String {
+    Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+/// A device and its credential (`<device_id>.<secret>`).
+#[derive(Clone)]
+struct Device {
+    id: Uuid,
+    credential: String,
+}
+
+/// Opens an account for a customer and registers and activates `n` devices it owns.
+async fn open_devices(
+    ctx: &Ctx,
+    api: &Api,
+    n: usize,
+    clients: usize,
+) -> anyhow::Result<Vec<Device>> {
+    let owner = Arc::new(ctx.token("bench-telemetry-owner", "customer")?);
+    let account = json!({"email": format!("bench-telemetry-{}@example.com", ctx.run_id),
+                         "display_name": "Bench device owner"});
+    api.post("/v1/accounts", &owner, account.to_string())
+        .await?
+        .json()
+        .context("opening the device owner's account")?;
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut set = JoinSet::new();
+    for _ in 0..clients.max(1) {
+        let (api, owner, next, run) =
+            (api.clone(), owner.clone(), next.clone(), ctx.run_id.clone());
+        set.spawn(async move {
+            let mut devices = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    break;
+                }
+                let body = json!({"serial": format!("BENCH-{run}-{i}"), "model": "Thermo 3",
+                                  "firmware_version": "1.0.0"});
+                let registered = api
+                    .post("/v1/devices", &owner, body.to_string())
+                    .await?
+                    .json()
+                    .context("registering a device")?;
+                let id: Uuid = registered
+                    .get("id")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| anyhow!("no device id in {registered}"))?
+                    .parse()?;
+                let activated = api
+                    .post(
+                        &format!("/v1/devices/{id}/activate"),
+                        &owner,
+                        "{}".to_owned(),
+                    )
+                    .await?
+                    .json()
+                    .context("activating a device")?;
+                let credential = activated
+                    .get("credential")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| anyhow!("no credential in {activated}"))?
+                    .to_owned();
+                devices.push((i, Device { id, credential }));
+            }
+            anyhow::Ok(devices)
+        });
+    }
+    let mut all = Vec::with_capacity(n);
+    while let Some(r) = set.join_next().await {
+        all.extend(r??);
+    }
+    all.sort_by_key(|(i, _)| *i);
+    Ok(all.into_iter().map(|(_, d)| d).collect())
+}
+
+// ---------------------------------------------------------------------------------------------
+// CPU of nats-server (shared with other users of the server: counted as "other" otherwise)
+
+fn nats_server_ticks() -> u64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+        .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        .filter_map(|pid| proc_ticks(&pid))
+        .filter(|(comm, _)| comm == "nats-server")
+        .map(|(_, t)| t)
+        .sum()
+}
+
+/// CPU, nats-server ticks and WAL at a moment.
+struct Probe0 {
+    cpu: Option<CpuSample>,
+    nats: u64,
+    wal: Option<(i64, i64)>,
+}
+
+impl Probe0 {
+    async fn take(ctx: &Ctx, pid: u32) -> Self {
+        let wal = wal_sample(&ctx.db_url).await;
+        Self {
+            cpu: cpu_sample(Some(pid)),
+            nats: nats_server_ticks(),
+            wal,
+        }
+    }
+
+    /// Fills `stats.cpu` and `stats.wal`; returns nats-server's share of the machine.
+    async fn finish(self, ctx: &Ctx, pid: u32, stats: &mut Stats) -> Option<f64> {
+        let after = cpu_sample(Some(pid));
+        let nats = nats_server_ticks();
+        stats.cpu = cpu_share(&self.cpu, &after);
+        stats.wal = wal_delta(self.wal, wal_sample(&ctx.db_url).await);
+        let total = after
+            .as_ref()?
+            .total
+            .checked_sub(self.cpu.as_ref()?.total)? as f64;
+        (total > 0.0).then(|| nats.saturating_sub(self.nats) as f64 / total)
+    }
+}
+
+fn print_cpu_wal(s: &Stats, rows: i64, nats: Option<f64>) {
+    if let Some(line) = cpu_line(s) {
+        println!("{line}");
+    }
+    if let Some(n) = nats {
+        println!(
+            "    of which nats-server {:.0}% (machine-wide: other users' traffic counts too)",
+            n * 100.0
+        );
+    }
+    if let Some((syncs, bytes)) = s.wal {
+        let secs = s.elapsed.as_secs_f64();
+        println!(
+            "  WAL during \"{}\": {:.0} flushes/s, {:.1} MB = {:.0} bytes per reading",
+            s.name,
+            syncs as f64 / secs,
+            bytes as f64 / 1e6,
+            bytes as f64 / rows.max(1) as f64
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// NATS
+
+struct Published {
+    /// The last seq published of each device that published any.
+    last: Vec<(Uuid, i64)>,
+    acked: u64,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+/// Publishes readings of `devices` round-robin until `stop_at`, `in_flight` acks outstanding.
+#[allow(clippy::too_many_arguments)]
+async fn publisher(
+    url: String,
+    prefix: String,
+    devices: Vec<Uuid>,
+    start: Instant,
+    stop_at: Instant,
+    rate: f64,
+    in_flight: usize,
+    msg_id: bool,
+) -> anyhow::Result<Published> {
+    let client = ingest::nats::connect(&url).await?;
+    let js = async_nats::jetstream::new(client.clone());
+    let subjects: Vec<async_nats::Subject> = devices
+        .iter()
+        .map(|d| async_nats::Subject::from(format!("{prefix}.{d}")))
+        .collect();
+    let mut seqs = vec![0i64; devices.len()];
+    let mut pending = VecDeque::with_capacity(in_flight);
+    let mut out = Published {
+        last: Vec::new(),
+        acked: 0,
+        errors: 0,
+        first_error: None,
+    };
+    let note = |out: &mut Published, e: String| {
+        out.errors += 1;
+        if out.first_error.is_none() {
+            out.first_error = Some(e);
+        }
+    };
+    let mut sent = 0u64;
+    let mut k = 0usize;
+    let mut payload = String::with_capacity(160);
+    loop {
+        let now = Instant::now();
+        if now >= stop_at {
+            break;
+        }
+        if rate > 0.0 && sent as f64 >= (now - start).as_secs_f64() * rate {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            continue;
+        }
+        if pending.len() >= in_flight {
+            if let Some(ack) = pending.pop_front() {
+                match ack.await {
+                    Ok(_) => out.acked += 1,
+                    Err(e) => note(&mut out, format!("publish ack: {e}")),
+                }
+            }
+        }
+        let d = k % devices.len();
+        k += 1;
+        let seq = seqs[d];
+        seqs[d] += 1;
+        payload.clear();
+        reading_json(&mut payload, seq, &now_rfc3339());
+        let body: Vec<u8> = payload.as_bytes().to_vec();
+        let r = if msg_id {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Nats-Msg-Id", format!("{}:{seq}", devices[d]).as_str());
+            js.publish_with_headers(subjects[d].clone(), headers, body.into())
+                .await
+        } else {
+            js.publish(subjects[d].clone(), body.into()).await
+        };
+        match r {
+            Ok(ack) => pending.push_back(ack),
+            Err(e) => note(&mut out, format!("publish: {e}")),
+        }
+        sent += 1;
+    }
+    while let Some(ack) = pending.pop_front() {
+        match ack.await {
+            Ok(_) => out.acked += 1,
+            Err(e) => note(&mut out, format!("publish ack: {e}")),
+        }
+    }
+    let _ = client.flush().await;
+    out.last = devices
+        .iter()
+        .zip(&seqs)
+        .filter(|(_, s)| **s > 0)
+        .map(|(d, s)| (*d, s - 1))
+        .collect();
+    Ok(out)
+}
+
+/// Probe lags (publish to first poll finding the reading committed), in microseconds.
+struct ProbeOut {
+    lags: Stats,
+    timeouts: u64,
+    sent: u64,
+}
+
+/// Publishes one reading of `device` every [`PROBE_EVERY`] until `stop_at` and hands
+/// `(seq, publish instant)` to the poller.
+async fn probe_publisher(
+    url: String,
+    subject: String,
+    stop_at: Instant,
+    seen: mpsc::UnboundedSender<(i64, Instant)>,
+) -> anyhow::Result<u64> {
+    let client = ingest::nats::connect(&url).await?;
+    let js = async_nats::jetstream::new(client.clone());
+    let mut tick = tokio::time::interval(PROBE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seq = 0i64;
+    let mut payload = String::new();
+    while Instant::now() < stop_at {
+        tick.tick().await;
+        payload.clear();
+        let at = Instant::now();
+        reading_json(&mut payload, seq, &now_rfc3339());
+        let ack = js
+            .publish(subject.clone(), payload.as_bytes().to_vec().into())
+            .await
+            .map_err(|e| anyhow!("probe publish: {e}"))?;
+        ack.await.map_err(|e| anyhow!("probe publish ack: {e}"))?;
+        let _ = seen.send((seq, at));
+        seq += 1;
+    }
+    Ok(seq as u64)
+}
+
+/// Polls `telemetry_seen` every [`PROBE_POLL`] for the probe's readings until the publisher
+/// is done and every reading has been seen (or timed out).
+async fn probe_poller(
+    db_url: String,
+    device: Uuid,
+    mut published: mpsc::UnboundedReceiver<(i64, Instant)>,
+) -> anyhow::Result<ProbeOut> {
+    let mut c = PgConnection::connect(&db_url).await?;
+    let mut pending: BTreeMap<i64, Instant> = BTreeMap::new();
+    let mut out = ProbeOut {
+        lags: Stats::new("probe readings"),
+        timeouts: 0,
+        sent: 0,
+    };
+    let mut open = true;
+    let start = Instant::now();
+    while open || !pending.is_empty() {
+        loop {
+            match published.try_recv() {
+                Ok((seq, at)) => {
+                    pending.insert(seq, at);
+                    out.sent += 1;
+                }
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    open = false;
+                    break;
+                }
+            }
+        }
+        if !pending.is_empty() {
+            let seqs: Vec<i64> = pending.keys().copied().collect();
+            let found: Vec<i64> = sqlx::query_scalar(
+                "SELECT seq FROM telemetry_seen WHERE device_id = $1 AND seq = ANY($2)",
+            )
+            .bind(device)
+            .bind(&seqs)
+            .fetch_all(&mut c)
+            .await?;
+            let now = Instant::now();
+            for seq in found {
+                if let Some(at) = pending.remove(&seq) {
+                    out.lags.latencies_us.push((now - at).as_micros() as u64);
+                }
+            }
+            pending.retain(|_, at| {
+                let keep = now - *at < PROBE_TIMEOUT;
+                if !keep {
+                    out.timeouts += 1;
+                }
+                keep
+            });
+        }
+        tokio::time::sleep(PROBE_POLL).await;
+    }
+    out.lags.finish(start.elapsed());
+    let _ = c.close().await;
+    Ok(out)
+}
+
+struct NatsReport {
+    publishers: usize,
+    published: u64,
+    publish_errors: u64,
+    first_error: Option<String>,
+    publish_took: Duration,
+    /// First publish to the moment the consumer had nothing pending or unacknowledged.
+    end_to_end: Duration,
+    committed: i64,
+    committed_while_publishing: i64,
+    backlog_at_stop: Option<u64>,
+    /// received_at - ts over every reading: p50, p90, p99, max (ms).
+    written_lag_ms: (f64, f64, f64, f64),
+    probes: ProbeOut,
+    stats: Stats,
+    nats_cpu: Option<f64>,
+}
+
+async fn consumer_info(
+    js: &async_nats::jetstream::Context,
+    names: &Names,
+) -> anyhow::Result<async_nats::jetstream::consumer::Info> {
+    let stream = js
+        .get_stream(&names.stream)
+        .await
+        .map_err(|e| anyhow!("stream {}: {e}", names.stream))?;
+    stream
+        .consumer_info(&names.consumer)
+        .await
+        .map_err(|e| anyhow!("consumer {}: {e}", names.consumer))
+}
+
+async fn run_nats(
+    ctx: &Ctx,
+    server_pid: u32,
+    names: &Names,
+    devices: &[Device],
+) -> anyhow::Result<NatsReport> {
+    let a = &ctx.args;
+    let duration = Duration::from_secs(a.duration.max(1));
+    let client = ingest::nats::connect(&names.url).await?;
+    let js = async_nats::jetstream::new(client.clone());
+    // The server creates the stream and the consumer when its ingest role starts.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while consumer_info(&js, names).await.is_err() {
+        if Instant::now() > deadline {
+            bail!(
+                "the server did not create stream {} and consumer {} within 60 s",
+                names.stream,
+                names.consumer
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (probe, load) = devices.split_first().ok_or_else(|| anyhow!("no devices"))?;
+    let p = a.publishers.max(1).min(load.len());
+    let shares: Vec<Vec<Uuid>> = (0..p)
+        .map(|i| load.iter().skip(i).step_by(p).map(|d| d.id).collect())
+        .collect();
+    let rate = a.nats_rate as f64 / p as f64;
+
+    sqlx::query("CHECKPOINT")
+        .execute(&mut PgConnection::connect(&ctx.db_url).await?)
+        .await?;
+    eprintln!(
+        "nats: {p} publishers ({} in flight each{}) over {} devices for {} s, probe on {}",
+        a.in_flight,
+        if a.nats_rate > 0 {
+            format!(", {} readings/s in all", a.nats_rate)
+        } else {
+            String::new()
+        },
+        load.len(),
+        duration.as_secs(),
+        probe.id
+    );
+    let before = Probe0::take(ctx, server_pid).await;
+    let start = Instant::now();
+    let stop_at = start + duration;
+    let (tx, rx) = mpsc::unbounded_channel();
+    let poller = tokio::spawn(probe_poller(ctx.db_url.clone(), probe.id, rx));
+    let prober = tokio::spawn(probe_publisher(
+        names.url.clone(),
+        format!("{}.{}", names.prefix, probe.id),
+        stop_at,
+        tx,
+    ));
+    let mut set = JoinSet::new();
+    for share in shares {
+        set.spawn(publisher(
+            names.url.clone(),
+            names.prefix.clone(),
+            share,
+            start,
+            stop_at,
+            rate,
+            a.in_flight,
+            a.nats_msg_id,
+        ));
+    }
+    let mut published = 0u64;
+    let mut publish_errors = 0u64;
+    let mut first_error = None;
+    let mut last: Vec<(Uuid, i64)> = Vec::new();
+    while let Some(r) = set.join_next().await {
+        let r = r??;
+        last.extend(r.last);
+        published += r.acked;
+        publish_errors += r.errors;
+        if first_error.is_none() {
+            first_error = r.first_error;
+        }
+    }
+    let probes_sent = prober.await??;
+    let publish_took = start.elapsed();
+    let wall_stop: DateTime<Utc> = Utc::now();
+    let backlog_at_stop = consumer_info(&js, names)
+        .await
+        .ok()
+        .map(|i| i.num_pending + i.num_ack_pending as u64);
+    eprintln!(
+        "nats: {published} readings published in {:.1} s ({:.0}/s), {publish_errors} errors; \
+         backlog {backlog_at_stop:?}; waiting for the workers",
+        publish_took.as_secs_f64(),
+        published as f64 / publish_took.as_secs_f64()
+    );
+    if probes_sent > 0 {
+        last.push((probe.id, probes_sent as i64 - 1));
+    }
+    // Drained: the last reading of every device is committed (polled in telemetry_seen every
+    // 10 ms; cheap key lookups, nothing asked of nats-server), then the exact count. Workers
+    // may commit out of order, so the count may still be short: then it is polled until right.
+    let expected = published + probes_sent;
+    let (ids, seqs): (Vec<Uuid>, Vec<i64>) = last.into_iter().unzip();
+    let mut c = PgConnection::connect(&ctx.db_url).await?;
+    let mut last_note = Instant::now();
+    loop {
+        let found: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM telemetry_seen s \
+             JOIN UNNEST($1::uuid[], $2::int8[]) k(d, q) ON s.device_id = k.d AND s.seq = k.q",
+        )
+        .bind(&ids)
+        .bind(&seqs)
+        .fetch_one(&mut c)
+        .await?;
+        if found == ids.len() as i64 {
+            break;
+        }
+        if start.elapsed() > duration + DRAIN_TIMEOUT {
+            bail!(
+                "the ingest workers did not store the last readings: {found} of {} devices",
+                ids.len()
+            );
+        }
+        if last_note.elapsed() > Duration::from_secs(10) {
+            eprintln!(
+                "nats: last readings of {found} of {} devices stored",
+                ids.len()
+            );
+            last_note = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut end_to_end = start.elapsed();
+    let mut counts = 0;
+    loop {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM telemetry_seen")
+            .fetch_one(&mut c)
+            .await?;
+        counts += 1;
+        if n >= expected as i64 {
+            break;
+        }
+        if start.elapsed() > duration + DRAIN_TIMEOUT {
+            bail!("only {n} of {expected} readings stored");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if counts > 1 {
+        end_to_end = start.elapsed();
+    }
+    let mut stats = Stats::new("NATS readings (end to end)");
+    stats.elapsed = end_to_end;
+    let nats_cpu = before.finish(ctx, server_pid, &mut stats).await;
+    let probes = poller.await??;
+    let _ = client.drain().await;
+
+    let (committed, committed_while_publishing): (i64, i64) = sqlx::query_as(&format!(
+        "SELECT count(*), count(*) FILTER (WHERE received_at < $1) FROM telemetry \
+         WHERE seq < {HTTP_SEQ_BASE}"
+    ))
+    .bind(wall_stop)
+    .fetch_one(&mut c)
+    .await?;
+    let lag: (Option<Vec<f64>>, Option<f64>) = sqlx::query_as(&format!(
+        "SELECT percentile_cont(ARRAY[0.5, 0.9, 0.99]) WITHIN GROUP (ORDER BY x), max(x) FROM \
+         (SELECT extract(epoch FROM received_at - ts)::float8 * 1000 AS x FROM telemetry \
+          WHERE seq < {HTTP_SEQ_BASE}) q"
+    ))
+    .fetch_one(&mut c)
+    .await?;
+    let q = lag.0.unwrap_or_default();
+    let at = |i: usize| q.get(i).copied().unwrap_or(f64::NAN);
+    let _ = c.close().await;
+    if committed != expected as i64 {
+        eprintln!(
+            "nats: WARNING {committed} readings stored, {expected} publishes acknowledged \
+             (an ack lost after the store counts as an error but is stored)"
+        );
+    }
+    Ok(NatsReport {
+        publishers: p,
+        published: expected,
+        publish_errors,
+        first_error,
+        publish_took,
+        end_to_end,
+        committed,
+        committed_while_publishing,
+        backlog_at_stop,
+        written_lag_ms: (at(0), at(1), at(2), lag.1.unwrap_or(f64::NAN)),
+        probes,
+        stats,
+        nats_cpu,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP
+
+struct HttpReport {
+    requests: Stats,
+    accepted: u64,
+    duplicates: u64,
+    rejected: u64,
+    nats_cpu: Option<f64>,
+}
+
+async fn run_http(
+    ctx: &Ctx,
+    server: &crate::Server,
+    devices: &[Device],
+) -> anyhow::Result<HttpReport> {
+    let a = &ctx.args;
+    let duration = Duration::from_secs(a.duration.max(1));
+    let load = devices.get(1..).unwrap_or_default();
+    let n = a.http_clients.max(1).min(load.len());
+    let api = Api {
+        client: http_client(n)?,
+        base: server.base.clone(),
+    };
+    sqlx::query("CHECKPOINT")
+        .execute(&mut PgConnection::connect(&ctx.db_url).await?)
+        .await?;
+    eprintln!(
+        "http: {n} clients posting {HTTP_BATCH} readings per request for {} s",
+        duration.as_secs()
+    );
+    let before = Probe0::take(ctx, server.pid()).await;
+    let start = Instant::now();
+    let deadline = start + duration;
+    let mut set = JoinSet::new();
+    for i in 0..n {
+        let api = api.clone();
+        let mine: Vec<Device> = load.iter().skip(i).step_by(n).cloned().collect();
+        set.spawn(async move {
+            let mut stats = Stats::default();
+            let (mut accepted, mut duplicates, mut rejected) = (0u64, 0u64, 0u64);
+            let mut next = vec![HTTP_SEQ_BASE; mine.len()];
+            let mut k = 0usize;
+            let mut body = String::with_capacity(HTTP_BATCH * 130);
+            while Instant::now() < deadline {
+                let d = k % mine.len();
+                k += 1;
+                body.clear();
+                body.push_str("{\"readings\":[");
+                let ts = now_rfc3339();
+                for j in 0..HTTP_BATCH as i64 {
+                    if j > 0 {
+                        body.push(',');
+                    }
+                    reading_json(&mut body, next[d] + j, &ts);
+                }
+                body.push_str("]}");
+                next[d] += HTTP_BATCH as i64;
+                let t0 = Instant::now();
+                let r = api
+                    .client
+                    .post(format!("{}/v1/telemetry", api.base))
+                    .header(
+                        reqwest::header::AUTHORIZATION,
+                        format!("Device {}", mine[d].credential),
+                    )
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(body.clone())
+                    .send()
+                    .await
+                    .context("POST /v1/telemetry")?;
+                let status = r.status().as_u16();
+                let bytes = r.bytes().await?;
+                let us = t0.elapsed().as_micros() as u64;
+                if status != 202 {
+                    stats.error(format!("{status} {}", String::from_utf8_lossy(&bytes)));
+                    continue;
+                }
+                let v: Value = serde_json::from_slice(&bytes)?;
+                let count = |k: &str| v.get(k).and_then(Value::as_u64).unwrap_or(0);
+                accepted += count("accepted");
+                duplicates += count("duplicates");
+                let refused = v
+                    .get("rejected")
+                    .and_then(Value::as_array)
+                    .map_or(0, Vec::len);
+                if refused > 0 {
+                    rejected += refused as u64;
+                    stats.error(format!("rejected readings: {}", v["rejected"]));
+                }
+                stats.latencies_us.push(us);
+            }
+            anyhow::Ok((stats, accepted, duplicates, rejected))
+        });
+    }
+    let mut requests = Stats::new("HTTP requests (1,000 readings)");
+    let (mut accepted, mut duplicates, mut rejected) = (0, 0, 0);
+    while let Some(r) = set.join_next().await {
+        let (s, acc, dup, rej) = r??;
+        requests.merge(s);
+        accepted += acc;
+        duplicates += dup;
+        rejected += rej;
+    }
+    requests.finish(start.elapsed());
+    let nats_cpu = before.finish(ctx, server.pid(), &mut requests).await;
+    eprintln!(
+        "http: {} requests, {accepted} readings accepted in {:.1} s ({:.0}/s), {} errors",
+        requests.latencies_us.len(),
+        requests.elapsed.as_secs_f64(),
+        accepted as f64 / requests.elapsed.as_secs_f64(),
+        requests.errors
+    );
+    Ok(HttpReport {
+        requests,
+        accepted,
+        duplicates,
+        rejected,
+        nats_cpu,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// The raw baseline: binary COPY of the same rows
+
+const RAW_COPY_SQL: &str = "COPY bench_raw_telemetry (device_id, seq, ts, metrics, received_at) \
+                            FROM STDIN (FORMAT binary)";
+const COPY_TRAILER: [u8; 2] = [0xff, 0xff];
+
+struct RawReport {
+    rows: i64,
+    statements: usize,
+    stats: Stats,
+    nats_cpu: Option<f64>,
+}
+
+/// Splits a binary COPY stream into its header and runs of `per` tuples (byte ranges).
+fn split_copy(data: &[u8], per: usize) -> anyhow::Result<(usize, Vec<(usize, usize)>)> {
+    let be32 = |at: usize| -> anyhow::Result<i32> {
+        let b = data
+            .get(at..at + 4)
+            .ok_or_else(|| anyhow!("truncated COPY data at {at}"))?;
+        Ok(i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    if data.get(..11) != Some(b"PGCOPY\n\xff\r\n\0".as_slice()) {
+        bail!("not a binary COPY stream");
+    }
+    let ext = usize::try_from(be32(15)?)?;
+    let header = 19 + ext;
+    let mut runs = Vec::new();
+    let (mut at, mut run_start, mut in_run) = (header, header, 0usize);
+    loop {
+        let b = data
+            .get(at..at + 2)
+            .ok_or_else(|| anyhow!("truncated COPY data at {at}"))?;
+        let fields = i16::from_be_bytes([b[0], b[1]]);
+        if fields == -1 {
+            break;
+        }
+        at += 2;
+        for _ in 0..fields {
+            let len = be32(at)?;
+            at += 4 + usize::try_from(len.max(0))?;
+        }
+        in_run += 1;
+        if in_run == per {
+            runs.push((run_start, at));
+            run_start = at;
+            in_run = 0;
+        }
+    }
+    if in_run > 0 {
+        runs.push((run_start, at));
+    }
+    Ok((header, runs))
+}
+
+async fn run_raw_copy(
+    ctx: &Ctx,
+    server_pid: u32,
+    filter: &str,
+    name: &str,
+) -> anyhow::Result<RawReport> {
+    let a = &ctx.args;
+    let mut c = PgConnection::connect(&ctx.db_url).await?;
+    sqlx::query("DROP TABLE IF EXISTS bench_raw_telemetry")
+        .execute(&mut c)
+        .await?;
+    sqlx::query(
+        "CREATE TABLE bench_raw_telemetry (LIKE telemetry INCLUDING ALL) PARTITION BY RANGE (ts)",
+    )
+    .execute(&mut c)
+    .await?;
+    let (lo, hi): (Option<NaiveDate>, Option<NaiveDate>) = sqlx::query_as(&format!(
+        "SELECT min(ts AT TIME ZONE 'UTC')::date, max(ts AT TIME ZONE 'UTC')::date \
+         FROM telemetry WHERE {filter}"
+    ))
+    .fetch_one(&mut c)
+    .await?;
+    let (Some(lo), Some(hi)) = (lo, hi) else {
+        bail!("no rows to copy ({filter})");
+    };
+    let mut day = lo;
+    while day <= hi {
+        let next = day.succ_opt().ok_or_else(|| anyhow!("date overflow"))?;
+        sqlx::query(&format!(
+            "CREATE TABLE bench_raw_telemetry_p{} PARTITION OF bench_raw_telemetry \
+             FOR VALUES FROM ('{day} 00:00:00+00') TO ('{next} 00:00:00+00')",
+            day.format("%Y%m%d")
+        ))
+        .execute(&mut c)
+        .await?;
+        day = next;
+    }
+    // The rows, exactly as stored, in PostgreSQL's binary format (not timed).
+    let mut data = Vec::new();
+    {
+        let mut out = c
+            .copy_out_raw(&format!(
+                "COPY (SELECT device_id, seq, ts, metrics, received_at FROM telemetry \
+                 WHERE {filter}) TO STDOUT (FORMAT binary)"
+            ))
+            .await?;
+        while let Some(chunk) = out.try_next().await? {
+            data.extend_from_slice(&chunk);
+        }
+    }
+    let (header, runs) = split_copy(&data, a.copy_rows.max(1))?;
+    let data = Arc::new(data);
+    let runs = Arc::new(runs);
+    let mut conns = Vec::with_capacity(a.raw_connections);
+    for _ in 0..a.raw_connections.max(1) {
+        conns.push(PgConnection::connect(&ctx.db_url).await?);
+    }
+    sqlx::query("CHECKPOINT").execute(&mut c).await?;
+    eprintln!(
+        "raw: COPY of {} MB in {} statements on {} connections ({name})",
+        data.len() / 1_000_000,
+        runs.len(),
+        conns.len()
+    );
+    let before = Probe0::take(ctx, server_pid).await;
+    let start = Instant::now();
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut set = JoinSet::new();
+    for mut conn in conns {
+        let (data, runs, next) = (data.clone(), runs.clone(), next.clone());
+        set.spawn(async move {
+            let mut rows = 0u64;
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(&(from, to)) = runs.get(i) else {
+                    break;
+                };
+                let mut copy = conn.copy_in_raw(RAW_COPY_SQL).await?;
+                copy.send(&data[..header]).await?;
+                copy.send(&data[from..to]).await?;
+                copy.send(COPY_TRAILER.as_slice()).await?;
+                rows += copy.finish().await?;
+            }
+            let _ = conn.close().await;
+            anyhow::Ok(rows)
+        });
+    }
+    let mut rows = 0u64;
+    while let Some(r) = set.join_next().await {
+        rows += r??;
+    }
+    let mut stats = Stats::new(name);
+    stats.elapsed = start.elapsed();
+    let nats_cpu = before.finish(ctx, server_pid, &mut stats).await;
+    let (stored, source): (i64, i64) = sqlx::query_as(&format!(
+        "SELECT (SELECT count(*) FROM bench_raw_telemetry), \
+                (SELECT count(*) FROM telemetry WHERE {filter})"
+    ))
+    .fetch_one(&mut c)
+    .await?;
+    if stored != source || stored != rows as i64 {
+        bail!("raw COPY stored {stored} rows ({rows} reported) of {source}");
+    }
+    sqlx::query("DROP TABLE bench_raw_telemetry")
+        .execute(&mut c)
+        .await?;
+    let _ = c.close().await;
+    eprintln!(
+        "raw: {rows} rows in {:.2} s ({:.0}/s)",
+        stats.elapsed.as_secs_f64(),
+        rows as f64 / stats.elapsed.as_secs_f64()
+    );
+    Ok(RawReport {
+        rows: stored,
+        statements: runs.len(),
+        stats,
+        nats_cpu,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// The scenario
+
+pub(crate) async fn run_telemetry(ctx: &Ctx, admin_url: &str) -> anyhow::Result<()> {
+    let run = ctx.run_id.to_ascii_uppercase();
+    let names = Names {
+        url: ctx.args.nats_url.clone(),
+        stream: format!("BENCH_TELEMETRY_{run}"),
+        prefix: format!("bench.{}.telemetry", ctx.run_id),
+        consumer: format!("bench-ingest-{}", ctx.run_id),
+    };
+    let mut guard = StreamGuard {
+        names: names.clone(),
+        deleted: false,
+    };
+    let outcome = telemetry(ctx, admin_url, &names).await;
+    guard.delete().await;
+    outcome
+}
+
+async fn telemetry(ctx: &Ctx, admin_url: &str, names: &Names) -> anyhow::Result<()> {
+    let a = &ctx.args;
+    let mut env = vec![
+        ("NATS_URL".to_owned(), names.url.clone()),
+        (
+            "CHRONICLE_TELEMETRY_STREAM".to_owned(),
+            names.stream.clone(),
+        ),
+        (
+            "CHRONICLE_TELEMETRY_SUBJECT_PREFIX".to_owned(),
+            names.prefix.clone(),
+        ),
+        (
+            "CHRONICLE_TELEMETRY_CONSUMER".to_owned(),
+            names.consumer.clone(),
+        ),
+    ];
+    if let Some(w) = a.ingest_workers {
+        env.push(("CHRONICLE_INGEST_WORKERS".to_owned(), w.to_string()));
+    }
+    let mut server = ctx.start_server_with_env("api,ingest", &env).await?;
+    eprintln!(
+        "telemetry: chronicle (--roles api,ingest, stream {}, subjects {}.>) is serving at {} (pid {})",
+        names.stream,
+        names.prefix,
+        server.base,
+        server.pid()
+    );
+    let api = Api {
+        client: http_client(16)?,
+        base: server.base.clone(),
+    };
+    let t0 = Instant::now();
+    let devices = open_devices(ctx, &api, a.devices, 16).await?;
+    let devices_took = t0.elapsed();
+    eprintln!(
+        "telemetry: {} devices registered and activated in {:.1} s",
+        devices.len(),
+        devices_took.as_secs_f64()
+    );
+
+    let nats = run_nats(ctx, server.pid(), names, &devices).await?;
+    let nats_raw = run_raw_copy(
+        ctx,
+        server.pid(),
+        &format!("seq < {HTTP_SEQ_BASE}"),
+        "raw binary COPY (NATS rows)",
+    )
+    .await?;
+    let http = run_http(ctx, &server, &devices).await?;
+    let http_raw = run_raw_copy(
+        ctx,
+        server.pid(),
+        &format!("seq >= {HTTP_SEQ_BASE}"),
+        "raw binary COPY (HTTP rows)",
+    )
+    .await?;
+    server.stop();
+
+    // Report.
+    let setup = describe_setup(admin_url, ctx).await;
+    let workers = a
+        .ingest_workers
+        .map_or("the server's default".to_owned(), |w| w.to_string());
+    println!();
+    println!("==== Chronicle benchmark: telemetry ====");
+    println!("{setup}");
+    println!(
+        "chronicle serve --roles api,ingest; NATS stream {} (subjects {}.>), ingest workers: {workers}",
+        names.stream, names.prefix
+    );
+    println!(
+        "{} devices registered and activated over HTTP in {:.1} s; readings carry 4 metrics \
+         (about {} bytes of JSON each)",
+        devices.len(),
+        devices_took.as_secs_f64(),
+        {
+            let mut s = String::new();
+            reading_json(&mut s, 123_456, &now_rfc3339());
+            s.len()
+        }
+    );
+    let rate = |rows: i64, d: Duration| rows as f64 / d.as_secs_f64();
+
+    println!();
+    println!(
+        "NATS: {} publishers x {} publishes in flight{}{}, over {} devices, {} s; one probe \
+         device with a reading every {} ms",
+        nats.publishers,
+        a.in_flight,
+        if a.nats_rate > 0 {
+            format!(", paced at {} readings/s", a.nats_rate)
+        } else {
+            ", unpaced".to_owned()
+        },
+        if a.nats_msg_id {
+            ", Nats-Msg-Id set"
+        } else {
+            ", no Nats-Msg-Id"
+        },
+        devices.len() - 1,
+        a.duration,
+        PROBE_EVERY.as_millis()
+    );
+    println!(
+        "  published (acknowledged by JetStream): {} in {:.2} s = {:.0}/s, {} errors",
+        nats.published,
+        nats.publish_took.as_secs_f64(),
+        nats.published as f64 / nats.publish_took.as_secs_f64(),
+        nats.publish_errors
+    );
+    if let Some(e) = &nats.first_error {
+        println!("    first error: {e}");
+    }
+    println!(
+        "  committed: {} readings; first publish -> consumer drained (all acknowledged after \
+         their commit): {:.2} s = {:.0} readings/s end to end",
+        nats.committed,
+        nats.end_to_end.as_secs_f64(),
+        rate(nats.committed, nats.end_to_end)
+    );
+    let drain = nats.end_to_end.saturating_sub(nats.publish_took);
+    println!(
+        "  written while publishing: {} = {:.0}/s; backlog when publishing stopped: {}; then \
+         {} more in {:.2} s = {:.0}/s (publishers idle)",
+        nats.committed_while_publishing,
+        rate(nats.committed_while_publishing, nats.publish_took),
+        nats.backlog_at_stop
+            .map_or("?".to_owned(), |b| b.to_string()),
+        nats.committed - nats.committed_while_publishing,
+        drain.as_secs_f64(),
+        rate(nats.committed - nats.committed_while_publishing, drain)
+    );
+    let p = &nats.probes.lags;
+    println!(
+        "  ingest lag, probes (publish -> first poll of telemetry_seen, every {} ms, finding it \
+         committed): {} probes, p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms, {} timeouts",
+        PROBE_POLL.as_millis(),
+        p.latencies_us.len(),
+        p.quantile_ms(0.5),
+        p.quantile_ms(0.9),
+        p.quantile_ms(0.99),
+        p.max_ms(),
+        nats.probes.timeouts
+    );
+    let (l50, l90, l99, lmax) = nats.written_lag_ms;
+    println!(
+        "  ingest lag, every reading (received_at - ts: publish -> the worker's write statement, \
+         before its commit): p50 {l50:.1} ms, p90 {l90:.1} ms, p99 {l99:.1} ms, max {lmax:.1} ms"
+    );
+    print_cpu_wal(&nats.stats, nats.committed, nats.nats_cpu);
+
+    println!();
+    println!(
+        "HTTP: {} clients, POST /v1/telemetry of {HTTP_BATCH} readings of one device each \
+         (device credential), {} s",
+        a.http_clients.min(devices.len() - 1),
+        a.duration
+    );
+    println!("{}", stats_header());
+    println!("{}", stats_row(&http.requests));
+    println!(
+        "  accepted {} readings = {:.0} readings/s; duplicates {}, rejected {}",
+        http.accepted,
+        http.accepted as f64 / http.requests.elapsed.as_secs_f64(),
+        http.duplicates,
+        http.rejected
+    );
+    if let Some(e) = &http.requests.first_error {
+        println!("  {} errors, first: {e}", http.requests.errors);
+    }
+    print_cpu_wal(&http.requests, http.accepted as i64, http.nats_cpu);
+
+    println!();
+    println!(
+        "Raw baseline: the rows each path stored, copied out of telemetry (binary, not timed) \
+         and COPYed (FORMAT binary) into bench_raw_telemetry (LIKE telemetry INCLUDING ALL, \
+         partitioned by day like it), {} rows per COPY statement (autocommit), {} connections:",
+        a.copy_rows, a.raw_connections
+    );
+    for r in [&nats_raw, &http_raw] {
+        println!(
+            "  {:<30} {:>9} rows in {:>3} COPYs, {:.2} s = {:.0} rows/s",
+            r.stats.name,
+            r.rows,
+            r.statements,
+            r.stats.elapsed.as_secs_f64(),
+            rate(r.rows, r.stats.elapsed)
+        );
+        print_cpu_wal(&r.stats, r.rows, r.nats_cpu);
+    }
+
+    println!();
+    println!(
+        "{:<6} {:>18} {:>16} {:>7}   targets: ratio >= 0.8, >= 150,000 readings/s",
+        "path", "chronicle rdg/s", "raw COPY rows/s", "ratio"
+    );
+    let http_rate = http.accepted as f64 / http.requests.elapsed.as_secs_f64();
+    for (path, chronicle, raw) in [
+        ("NATS", rate(nats.committed, nats.end_to_end), &nats_raw),
+        ("HTTP", http_rate, &http_raw),
+    ] {
+        let raw_rate = rate(raw.rows, raw.stats.elapsed);
+        let ratio = chronicle / raw_rate;
+        let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
+        println!(
+            "{path:<6} {chronicle:>18.0} {raw_rate:>16.0} {ratio:>7.3}   ratio {}, rate {}",
+            verdict(ratio >= 0.8),
+            verdict(chronicle >= 150_000.0)
+        );
+    }
+    Ok(())
+}
