@@ -4,11 +4,11 @@
 //! event JetStream has not acknowledged. Each test uses its own stream and subjects and
 //! deletes them at the end.
 
-use crate::support::TestApp;
+use crate::support::{small_batches, TestApp};
 use async_nats::jetstream;
 use axum::http::StatusCode;
 use projections::fanout::{ensure_stream, FanoutConfig, FanoutProjector};
-use projections::{Projector, Step, Worker, WorkerConfig};
+use projections::{Projector, Step, Worker};
 use schemas::{Cursor, RecordedEvent};
 use serde_json::json;
 use sqlx::PgPool;
@@ -30,16 +30,6 @@ fn own_config() -> FanoutConfig {
         subject_prefix: format!("ev{id}"),
         duplicate_window: Duration::from_secs(600),
         max_in_flight: 8,
-    }
-}
-
-fn small_batches(batch: i64) -> WorkerConfig {
-    WorkerConfig {
-        batch,
-        idle_poll: Duration::from_millis(10),
-        attempts: 3,
-        backoff: Duration::from_millis(5),
-        coalesce: Duration::ZERO,
     }
 }
 
@@ -74,11 +64,18 @@ async fn some_commands(app: &TestApp, customers: usize) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn every_event_arrives_once_in_log_order_across_publisher_crashes() {
+/// A test app with a few customers' commands in its log, and a fan-out projector publishing
+/// to a stream of its own.
+async fn start(
+    customers: usize,
+) -> (
+    TestApp,
+    async_nats::Client,
+    FanoutConfig,
+    Arc<dyn Projector>,
+) {
     let app = TestApp::new().await;
-    some_commands(&app, 4).await;
-    let pool = app.db.pool.clone();
+    some_commands(&app, customers).await;
     let client = nats().await;
     let config = own_config();
     let projector: Arc<dyn Projector> = Arc::new(
@@ -86,6 +83,13 @@ async fn every_event_arrives_once_in_log_order_across_publisher_crashes() {
             .await
             .expect("the stream"),
     );
+    (app, client, config, projector)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_event_arrives_once_in_log_order_across_publisher_crashes() {
+    let (app, client, config, projector) = start(4).await;
+    let pool = app.db.pool.clone();
 
     // A publisher that died after JetStream acknowledged a batch but before its checkpoint
     // moved: the batch is published again by the next one.
@@ -160,16 +164,8 @@ async fn every_event_arrives_once_in_log_order_across_publisher_crashes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_checkpoint_never_moves_past_events_jetstream_did_not_acknowledge() {
-    let app = TestApp::new().await;
-    some_commands(&app, 2).await;
+    let (app, client, config, projector) = start(2).await;
     let pool = app.db.pool.clone();
-    let client = nats().await;
-    let config = own_config();
-    let projector: Arc<dyn Projector> = Arc::new(
-        FanoutProjector::start(client.clone(), config.clone())
-            .await
-            .expect("the stream"),
-    );
     let js = jetstream::new(client);
     // The stream disappears: nothing can be acknowledged.
     js.delete_stream(&config.stream).await.expect("delete");

@@ -2,7 +2,7 @@
 //! lease, poison events parked and retried, rebuilds equal to the live read models, and
 //! resumed rebuilds.
 
-use crate::support::TestApp;
+use crate::support::{small_batches, TestApp};
 use async_trait::async_trait;
 use axum::http::{Method, StatusCode};
 use commands::Role;
@@ -87,16 +87,6 @@ async fn tally_table(pool: &PgPool) {
     .execute(pool)
     .await
     .expect("create the tally table");
-}
-
-fn small_batches(batch: i64) -> WorkerConfig {
-    WorkerConfig {
-        batch,
-        idle_poll: Duration::from_millis(10),
-        attempts: 3,
-        backoff: Duration::from_millis(5),
-        coalesce: Duration::ZERO,
-    }
 }
 
 /// Events per wallet stream in the log.

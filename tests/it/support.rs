@@ -335,3 +335,14 @@ impl TestApp {
             .expect("count events")
     }
 }
+
+/// Worker settings for tests: batches of `batch`, quick polls and retries.
+pub fn small_batches(batch: i64) -> projections::WorkerConfig {
+    projections::WorkerConfig {
+        batch,
+        idle_poll: std::time::Duration::from_millis(10),
+        attempts: 3,
+        backoff: std::time::Duration::from_millis(5),
+        coalesce: std::time::Duration::ZERO,
+    }
+}
