@@ -17,7 +17,10 @@ pub fn spawn_workers(
     wake: watch::Receiver<std::collections::BTreeMap<&'static str, u64>>,
     shutdown: &watch::Receiver<bool>,
 ) -> Vec<tokio::task::JoinHandle<anyhow::Result<()>>> {
-    projections::all()
+    let mut projectors = projections::all();
+    // The hash chain of the log is kept like a read model, but never rebuilt.
+    projectors.push(Arc::new(projections::chain::ChainProjector));
+    projectors
         .into_iter()
         .map(|projector| {
             let worker = Worker::live(pool.clone(), projector, WorkerConfig::default());

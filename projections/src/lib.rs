@@ -3,6 +3,7 @@
 //! rebuilds into shadow tables, and the freshness checks behind `X-Position` and
 //! `X-Min-Position`.
 
+pub mod chain;
 pub mod commerce;
 pub mod fanout;
 pub mod money;

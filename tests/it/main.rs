@@ -3,6 +3,7 @@
 
 mod support;
 
+mod audit;
 mod bad_input;
 mod concurrency;
 mod deadlines;
@@ -22,3 +23,4 @@ mod rules_over_http;
 mod state_machine;
 mod telemetry;
 mod fanout;
+mod chain;

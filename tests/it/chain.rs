@@ -1,0 +1,277 @@
+//! Tamper evidence: the hash chain over the log detects every changed, removed, inserted or
+//! reordered event, and a chain over an untouched log verifies.
+
+use crate::support::{small_batches, TestApp};
+use axum::http::StatusCode;
+use projections::chain::{verify, ChainProjector, Report};
+use projections::Worker;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::json;
+use sqlx::{PgConnection, PgPool};
+use std::sync::Arc;
+use uuid::Uuid;
+
+/// Seals the whole log.
+async fn seal(pool: &PgPool) {
+    let mut worker = Worker::live(pool.clone(), Arc::new(ChainProjector), small_batches(37));
+    worker.load().await.expect("load");
+    worker.catch_up(|_, _| {}).await.expect("seal");
+}
+
+async fn verified(conn: &mut PgConnection) -> Report {
+    verify(conn, |_| {}).await.expect("verify")
+}
+
+/// Customers with wallets, deposits and transfers: a log of a few dozen events.
+async fn some_commands(app: &TestApp, customers: usize) {
+    let mut wallets = Vec::new();
+    for i in 0..customers {
+        let (_, token) = app
+            .customer(&format!("h{i}-{}", Uuid::now_v7().simple()))
+            .await;
+        let wallet = app.wallet(&token, "EUR").await;
+        assert_eq!(app.deposit(wallet, 50_000).await.status, StatusCode::OK);
+        wallets.push((token, wallet));
+    }
+    for pair in wallets.windows(2) {
+        let answer = app
+            .post(
+                "/v1/transfers",
+                &pair[0].0,
+                json!({"from_wallet": pair[0].1, "to_wallet": pair[1].1, "amount": 250, "memo": "rent"}),
+            )
+            .await;
+        assert_eq!(answer.status, StatusCode::CREATED, "{:?}", answer.body);
+    }
+}
+
+#[tokio::test]
+async fn an_untouched_log_verifies_and_unsealed_events_are_counted() {
+    let app = TestApp::new().await;
+    let pool = app.db.pool.clone();
+    let mut conn = pool.acquire().await.expect("conn");
+    let empty = verified(&mut conn).await;
+    assert!(
+        empty.ok && empty.checked == 0 && empty.unsealed == 0,
+        "{empty:?}"
+    );
+
+    some_commands(&app, 3).await;
+    seal(&pool).await;
+    let events = app.event_count().await;
+    let report = verified(&mut conn).await;
+    assert!(report.ok, "{report:?}");
+    assert_eq!(report.checked, events as u64);
+    assert_eq!(report.unsealed, 0);
+    assert_eq!(Some(report.sealed_position), app.log_head().await);
+
+    some_commands(&app, 2).await;
+    let behind = verified(&mut conn).await;
+    assert!(behind.ok, "{behind:?}");
+    assert_eq!(behind.checked, events as u64);
+    assert_eq!(behind.unsealed, app.event_count().await - events);
+    assert_eq!(behind.head_hash, report.head_hash);
+
+    seal(&pool).await;
+    let again = verified(&mut conn).await;
+    assert!(again.ok && again.unsealed == 0, "{again:?}");
+    assert_ne!(again.head_hash, report.head_hash);
+
+    // The chain is append-only like the log.
+    let refused = sqlx::query("DELETE FROM event_chain WHERE position = 1")
+        .execute(&pool)
+        .await;
+    assert!(refused.is_err(), "links cannot be deleted");
+}
+
+/// The columns of one event as text, to tell whether a mutation changed anything.
+async fn row_text(conn: &mut PgConnection, position: i64) -> Option<String> {
+    sqlx::query_scalar("SELECT row(e.*)::text FROM events e WHERE position = $1")
+        .bind(position)
+        .fetch_optional(&mut *conn)
+        .await
+        .expect("row")
+}
+
+/// One random mutation of the stored log, inside the caller's transaction; a description of
+/// it, or `None` when the chosen change would leave the data as it was.
+async fn mutate(conn: &mut PgConnection, rng: &mut StdRng, positions: &[i64]) -> Option<String> {
+    let p = positions[rng.gen_range(0..positions.len())];
+    let q = positions[rng.gen_range(0..positions.len())];
+    let before = row_text(conn, p).await;
+    let before_q = row_text(conn, q).await;
+    let what = match rng.gen_range(0..8) {
+        0 | 1 => {
+            // One byte of the payload's JSON text.
+            let text: String =
+                sqlx::query_scalar("SELECT payload::text FROM events WHERE position = $1")
+                    .bind(p)
+                    .fetch_one(&mut *conn)
+                    .await
+                    .expect("payload");
+            let mut bytes = text.into_bytes();
+            let candidates: Vec<usize> = (0..bytes.len())
+                .filter(|&i| bytes[i].is_ascii_alphanumeric())
+                .collect();
+            if candidates.is_empty() {
+                return None;
+            }
+            let i = candidates[rng.gen_range(0..candidates.len())];
+            let old = bytes[i];
+            bytes[i] = if old.is_ascii_digit() {
+                b'0' + ((old - b'0' + 1 + rng.gen_range(0..8)) % 10)
+            } else if old == b'z' {
+                b'a'
+            } else {
+                old + 1
+            };
+            let mutated = String::from_utf8(bytes).ok()?;
+            serde_json::from_str::<serde_json::Value>(&mutated).ok()?;
+            sqlx::query("UPDATE events SET payload = $2::jsonb WHERE position = $1")
+                .bind(p)
+                .bind(&mutated)
+                .execute(&mut *conn)
+                .await
+                .ok()?;
+            format!("payload byte {i} of event {p}")
+        }
+        2 => {
+            sqlx::query(
+                "UPDATE events SET actor_sub = overlay(actor_sub placing \
+                 CASE WHEN substr(actor_sub, 1, 1) = 'x' THEN 'y' ELSE 'x' END from 1 for 1) \
+                 WHERE position = $1",
+            )
+            .bind(p)
+            .execute(&mut *conn)
+            .await
+            .ok()?;
+            format!("actor of event {p}")
+        }
+        3 => {
+            sqlx::query(
+                "UPDATE events SET occurred_at = occurred_at + interval '1 microsecond' \
+                 WHERE position = $1",
+            )
+            .bind(p)
+            .execute(&mut *conn)
+            .await
+            .ok()?;
+            format!("time of event {p}")
+        }
+        4 => {
+            sqlx::query("DELETE FROM events WHERE position = $1")
+                .bind(p)
+                .execute(&mut *conn)
+                .await
+                .ok()?;
+            return Some(format!("deleted event {p}"));
+        }
+        5 => {
+            // Two events trade payloads.
+            sqlx::query(
+                "UPDATE events e SET payload = o.payload FROM events o \
+                 WHERE (e.position, o.position) IN (($1, $2), ($2, $1))",
+            )
+            .bind(p)
+            .bind(q)
+            .execute(&mut *conn)
+            .await
+            .ok()?;
+            format!("payloads of events {p} and {q} swapped")
+        }
+        6 => {
+            // Two events trade places in the log.
+            sqlx::query(
+                "UPDATE events e SET tx = o.tx, position = o.position FROM events o \
+                 WHERE (e.position, o.position) IN (($1, $2), ($2, $1))",
+            )
+            .bind(p)
+            .bind(q)
+            .execute(&mut *conn)
+            .await
+            .ok()?;
+            format!("events {p} and {q} swapped places")
+        }
+        _ => {
+            // An event slipped in: a copy of another one under a new id and position.
+            sqlx::query(
+                "INSERT INTO events (event_id, tx, stream_type, stream_id, stream_version, \
+                   event_type, schema_version, payload, actor_sub, actor_role, command_id, \
+                   correlation_id, causation_id, occurred_at) \
+                 OVERRIDING SYSTEM VALUE \
+                 SELECT gen_random_uuid(), tx, stream_type, gen_random_uuid(), stream_version, \
+                   event_type, schema_version, payload, actor_sub, actor_role, command_id, \
+                   correlation_id, causation_id, occurred_at FROM events WHERE position = $1",
+            )
+            .bind(p)
+            .execute(&mut *conn)
+            .await
+            .ok()?;
+            return Some(format!("a copy of event {p} inserted"));
+        }
+    };
+    let changed = row_text(conn, p).await != before || row_text(conn, q).await != before_q;
+    changed.then_some(what)
+}
+
+#[tokio::test]
+async fn a_hundred_random_mutations_deletions_and_reorderings_are_all_detected() {
+    let app = TestApp::new().await;
+    some_commands(&app, 6).await;
+    let pool = app.db.pool.clone();
+    seal(&pool).await;
+    let positions: Vec<i64> = sqlx::query_scalar("SELECT position FROM events ORDER BY position")
+        .fetch_all(&pool)
+        .await
+        .expect("positions");
+    assert!(positions.len() > 20);
+    let mut rng = StdRng::seed_from_u64(0xC4A1);
+    let mut conn = pool.acquire().await.expect("conn");
+    let (mut tried, mut detected) = (0, 0);
+    let mut kinds = std::collections::BTreeSet::new();
+    while tried < 100 {
+        sqlx::query("BEGIN")
+            .execute(&mut *conn)
+            .await
+            .expect("begin");
+        // The append-only triggers would refuse; a tamperer with the database's superuser
+        // rights would switch them off like this.
+        sqlx::query("SET LOCAL session_replication_role = replica")
+            .execute(&mut *conn)
+            .await
+            .expect("no triggers");
+        sqlx::query("SAVEPOINT m")
+            .execute(&mut *conn)
+            .await
+            .expect("savepoint");
+        let what = mutate(&mut conn, &mut rng, &positions).await;
+        let Some(what) = what else {
+            sqlx::query("ROLLBACK")
+                .execute(&mut *conn)
+                .await
+                .expect("rollback");
+            continue;
+        };
+        tried += 1;
+        let report = verified(&mut conn).await;
+        if let Some(b) = &report.first_break {
+            detected += 1;
+            kinds.insert(b.kind);
+        } else {
+            panic!("not detected: {what}: {report:?}");
+        }
+        sqlx::query("ROLLBACK")
+            .execute(&mut *conn)
+            .await
+            .expect("rollback");
+    }
+    assert_eq!((tried, detected), (100, 100));
+    assert!(
+        kinds.contains("changed") && kinds.contains("missing"),
+        "{kinds:?}"
+    );
+    // Everything rolled back: the log verifies again.
+    let report = verified(&mut conn).await;
+    assert!(report.ok, "{report:?}");
+}
