@@ -3,7 +3,6 @@
 
 mod support;
 
-mod audit;
 mod bad_input;
 mod concurrency;
 mod deadlines;
