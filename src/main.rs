@@ -1,5 +1,6 @@
 //! The `chronicle` binary: `serve`, `migrate`, `token` and `projections`.
 
+mod audit_cli;
 mod projections_cli;
 
 /// mimalloc: the log is read and decoded into many small allocations across threads, where
@@ -96,6 +97,11 @@ enum Command {
         #[command(subcommand)]
         action: ProjectionsAction,
     },
+    /// The log as evidence.
+    Audit {
+        #[command(subcommand)]
+        action: AuditAction,
+    },
     /// Print a development token signed with the configured secret.
     Token {
         /// The subject.
@@ -125,6 +131,13 @@ enum ProjectionsAction {
         /// A projector's name, or `all`.
         name: String,
     },
+}
+
+#[derive(Subcommand)]
+enum AuditAction {
+    /// Recompute the hash chain of the log and report the first break; exits with status 1
+    /// when the chain is broken.
+    Verify,
 }
 
 fn parse_role(s: &str) -> Result<Role, String> {
@@ -220,6 +233,16 @@ async fn main() -> anyhow::Result<()> {
         Command::Migrate => {
             prepare_database(&cli.database_url, 2).await?;
             tracing::info!("database migrated");
+        }
+        Command::Audit { action } => {
+            let pool = prepare_database(&cli.database_url, 2).await?;
+            match action {
+                AuditAction::Verify => {
+                    if !audit_cli::verify(&pool).await? {
+                        std::process::exit(1);
+                    }
+                }
+            }
         }
         Command::Projections { action } => {
             let pool = prepare_database(&cli.database_url, 4).await?;
