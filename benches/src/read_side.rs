@@ -1031,6 +1031,9 @@ pub(crate) async fn run_rebuild(ctx: &Ctx, admin_url: &str) -> anyhow::Result<()
     } else {
         &raw_serial
     };
+    // 5. The hash chain of the same log: sealing it from position 0, verifying it, and the
+    // raw baseline of verification, a COPY of the same rows in the same order to the client.
+    let chain = chain_figures(&pool, total).await?;
     pool.close().await;
 
     // 5. Report.
@@ -1137,6 +1140,40 @@ pub(crate) async fn run_rebuild(ctx: &Ctx, admin_url: &str) -> anyhow::Result<()
         eps(raw_took)
     );
     println!("(chronicle serve is stopped here; \"bench client\" is the in-process rebuild)");
+    println!();
+    println!("Hash chain of the same {total} events (projections::chain):");
+    println!(
+        "  sealing from position 0 (the chain projector, batches of 5,000): {:.2} s = {:.0} events/s",
+        chain.seal.as_secs_f64(),
+        eps(chain.seal)
+    );
+    println!(
+        "  verify (one REPEATABLE READ snapshot, batches of {}): {:.2} s = {:.0} events/s, {}",
+        projections::chain::VERIFY_BATCH,
+        chain.verify.as_secs_f64(),
+        eps(chain.verify),
+        if chain.ok {
+            "the chain holds"
+        } else {
+            "BROKEN"
+        }
+    );
+    println!(
+        "  raw: COPY (SELECT every column FROM events ORDER BY tx, position) TO STDOUT, read by \
+         the client: {:.2} s = {:.0} events/s ({:.1} MB)",
+        chain.copy.as_secs_f64(),
+        eps(chain.copy),
+        chain.copy_bytes as f64 / 1e6
+    );
+    println!(
+        "  ratio verify / raw COPY: {:.3} (target >= 0.5: {})",
+        chain.copy.as_secs_f64() / chain.verify.as_secs_f64(),
+        if chain.copy.as_secs_f64() / chain.verify.as_secs_f64() >= 0.5 {
+            "met"
+        } else {
+            "NOT met"
+        }
+    );
     for s in [&rebuild_stats, &raw_serial, &raw_parallel] {
         if let Some(line) = cpu_line(s) {
             println!("{line}");
@@ -1326,6 +1363,64 @@ async fn insert_raw(
     stats.wal = wal_delta(wal0, wal_sample(&ctx.db_url).await);
     out.sort_by_key(|t| t.projector);
     Ok((out, stats))
+}
+
+/// Timings of the hash chain over the bench's log.
+struct ChainFigures {
+    seal: Duration,
+    verify: Duration,
+    ok: bool,
+    copy: Duration,
+    copy_bytes: usize,
+}
+
+async fn chain_figures(pool: &PgPool, total: i64) -> anyhow::Result<ChainFigures> {
+    use projections::chain::ChainProjector;
+    let start = Instant::now();
+    let mut sealer = projections::Worker::live(
+        pool.clone(),
+        Arc::new(ChainProjector),
+        projections::WorkerConfig {
+            batch: 5_000,
+            ..Default::default()
+        },
+    );
+    sealer.load().await?;
+    sealer.catch_up(|_, _| {}).await?;
+    let seal = start.elapsed();
+
+    let start = Instant::now();
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .execute(&mut *tx)
+        .await?;
+    let report = projections::chain::verify(&mut tx, |_| {}).await?;
+    tx.rollback().await?;
+    let verify = start.elapsed();
+    if report.checked != total as u64 {
+        bail!("verify checked {} of {total} events", report.checked);
+    }
+
+    let mut conn = pool.acquire().await?;
+    let start = Instant::now();
+    let mut out = conn
+        .copy_out_raw(&format!(
+            "COPY (SELECT {} FROM events ORDER BY tx, position) TO STDOUT",
+            schemas::log::EVENT_COLUMNS
+        ))
+        .await?;
+    let mut copy_bytes = 0usize;
+    while let Some(chunk) = out.try_next().await? {
+        copy_bytes += chunk.len();
+    }
+    let copy = start.elapsed();
+    Ok(ChainFigures {
+        seal,
+        verify,
+        ok: report.ok,
+        copy,
+        copy_bytes,
+    })
 }
 
 /// Every raw table holds as many rows as its shadow.
