@@ -14,6 +14,7 @@ mod queries_commerce;
 mod queries_money;
 pub mod query;
 mod routes;
+mod routes_audit;
 mod routes_devices;
 mod routes_escrows;
 mod routes_pots;
@@ -83,6 +84,7 @@ pub fn router(state: AppState) -> Router {
         .merge(routes_devices::router())
         .merge(queries_money::router())
         .merge(queries_commerce::router())
+        .merge(routes_audit::router())
         .route_layer(axum::middleware::from_fn(metrics::track))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(RequestBodyLimitLayer::new(4 * MAX_BODY_BYTES))

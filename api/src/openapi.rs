@@ -51,6 +51,7 @@ pub fn document() -> utoipa::openapi::OpenApi {
     doc.merge(crate::queries_money::Api::openapi());
     doc.merge(crate::queries_commerce::Api::openapi());
     doc.merge(crate::routes_telemetry::Api::openapi());
+    doc.merge(crate::routes_audit::Api::openapi());
     doc
 }
 

@@ -3,6 +3,7 @@
 //! concurrency, shared commits and idempotency keys, and the use cases of each aggregate.
 
 pub mod accounts;
+pub mod audit;
 pub mod db;
 pub mod devices;
 pub mod escrows;
