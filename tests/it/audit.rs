@@ -178,6 +178,22 @@ impl World {
     }
 }
 
+/// The columns of `events` other than the stream's, as a tuple.
+type StoredRow = (
+    i64,
+    i64,
+    Uuid,
+    String,
+    i32,
+    Value,
+    String,
+    String,
+    Uuid,
+    Uuid,
+    Option<Uuid>,
+    DateTime<Utc>,
+);
+
 fn ids(events: &[Value]) -> Vec<Uuid> {
     events
         .iter()
@@ -279,20 +295,7 @@ async fn a_stream_history_carries_every_event_with_its_metadata_in_version_order
         ]
     );
     // Every column as stored.
-    let rows: Vec<(
-        i64,
-        i64,
-        Uuid,
-        String,
-        i32,
-        Value,
-        String,
-        String,
-        Uuid,
-        Uuid,
-        Option<Uuid>,
-        DateTime<Utc>,
-    )> = sqlx::query_as(
+    let rows: Vec<StoredRow> = sqlx::query_as(
         "SELECT position, tx, event_id, event_type, schema_version, payload, actor_sub, \
              actor_role, command_id, correlation_id, causation_id, occurred_at \
              FROM events WHERE stream_id = $1 ORDER BY stream_version",
