@@ -61,7 +61,7 @@ impl Default for NatsConfig {
             subject_prefix: "telemetry".to_owned(),
             consumer: "chronicle-ingest".to_owned(),
             workers: 2,
-            batch_max: 2000,
+            batch_max: 10_000,
             batch_wait: Duration::from_millis(20),
             ack_wait: Duration::from_secs(30),
             max_deliver: 50,
