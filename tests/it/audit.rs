@@ -817,3 +817,110 @@ async fn the_audit_routes_are_described_in_openapi() {
     assert!(events["application/x-ndjson"].is_object(), "{events}");
     assert!(doc.body["components"]["schemas"]["AuditEvent"].is_object());
 }
+
+/// Inserts `n` synthetic events of one new `pot` stream in one transaction (only for apps
+/// without projectors: nothing must try to apply them).
+async fn synthetic_events(pool: &sqlx::PgPool, n: i64) -> Uuid {
+    let stream = Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO events (event_id, stream_type, stream_id, stream_version, event_type, \
+         schema_version, payload, actor_sub, actor_role, command_id, correlation_id, occurred_at) \
+         SELECT gen_random_uuid(), 'pot', $1, v, 'Synthetic', 1, jsonb_build_object('n', v), \
+                'loader', 'admin', gen_random_uuid(), gen_random_uuid(), now() \
+         FROM generate_series(1, $2) AS v",
+    )
+    .bind(stream)
+    .bind(n)
+    .execute(pool)
+    .await
+    .expect("insert synthetic events");
+    stream
+}
+
+#[tokio::test]
+async fn an_event_that_commits_late_is_neither_skipped_nor_shown_early() {
+    let app = TestApp::without_projectors().await;
+    let auditor = app.token("auditor", &[Role::Auditor]);
+    let (_, alice) = app.customer("alice").await;
+    let wallet = app.wallet(&alice, "EUR").await;
+    let w = World {
+        app,
+        alice_token: alice,
+        alice_wallet: wallet,
+        bob_wallet: wallet,
+        auditor: auditor.clone(),
+        admin: auditor,
+    };
+    w.settle().await;
+    let head = w.get("/v1/audit/events?limit=1000").await;
+    let cursor = head.body["next"].as_str().expect("next").to_owned();
+    // A transaction writes an event and stays open; a deposit commits after it.
+    let mut late = w.app.db.pool.begin().await.expect("begin");
+    sqlx::query(
+        "INSERT INTO events (event_id, stream_type, stream_id, stream_version, event_type, \
+         schema_version, payload, actor_sub, actor_role, command_id, correlation_id, occurred_at) \
+         VALUES (gen_random_uuid(), 'pot', gen_random_uuid(), 1, 'Synthetic', 1, '{}', \
+                 'loader', 'admin', gen_random_uuid(), gen_random_uuid(), now())",
+    )
+    .execute(&mut *late)
+    .await
+    .expect("insert the late event");
+    assert_eq!(w.app.deposit(wallet, 100).await.status, StatusCode::OK);
+    // The deposit is committed, but an older transaction is still open: nothing is final.
+    for _ in 0..3 {
+        let a = w.get(&format!("/v1/audit/events?after={cursor}")).await;
+        assert_eq!(a.body["events"], json!([]), "nothing shown early");
+        assert_eq!(a.body["next"], cursor.as_str());
+        let lines = w.ndjson(&format!("/v1/audit/events?after={cursor}")).await;
+        assert!(lines.is_empty());
+    }
+    late.commit().await.expect("commit the late event");
+    w.settle().await;
+    let a = w.get(&format!("/v1/audit/events?after={cursor}")).await;
+    let types: Vec<&str> = a.body["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| e["event_type"].as_str().expect("type"))
+        .collect();
+    // The late event sorts first: its transaction is the older one.
+    assert_eq!(types, vec!["Synthetic", "FundsDeposited"]);
+    assert_eq!(
+        ids(a.body["events"].as_array().expect("events")),
+        w.ids_where("true").await[head.body["events"].as_array().expect("e").len()..].to_vec()
+    );
+}
+
+#[tokio::test]
+async fn ndjson_crosses_batch_boundaries_and_matches_the_table() {
+    let app = TestApp::without_projectors().await;
+    let auditor = app.token("auditor", &[Role::Auditor]);
+    let w = World {
+        app,
+        alice_token: String::new(),
+        alice_wallet: Uuid::nil(),
+        bob_wallet: Uuid::nil(),
+        auditor: auditor.clone(),
+        admin: auditor,
+    };
+    synthetic_events(&w.app.db.pool, 1_500).await;
+    synthetic_events(&w.app.db.pool, 1_200).await;
+    w.settle().await;
+    let all = w.ids_where("true").await;
+    assert_eq!(all.len(), 2_700);
+    let lines = w.ndjson("/v1/audit/events").await;
+    assert_eq!(ids(&lines), all);
+    let positions: Vec<i64> = lines
+        .iter()
+        .map(|l| l["position"].as_i64().expect("position"))
+        .collect();
+    let stored: Vec<i64> = sqlx::query_scalar("SELECT position FROM events ORDER BY tx, position")
+        .fetch_all(&w.app.db.pool)
+        .await
+        .expect("positions");
+    assert_eq!(positions, stored);
+    // A limit over a batch boundary, and the pages agree.
+    let some = w.ndjson("/v1/audit/events?limit=1234").await;
+    assert_eq!(ids(&some), all[..1234].to_vec());
+    assert_eq!(w.all_pages("limit=1000").await, lines);
+}
