@@ -924,3 +924,65 @@ async fn ndjson_crosses_batch_boundaries_and_matches_the_table() {
     assert_eq!(ids(&some), all[..1234].to_vec());
     assert_eq!(w.all_pages("limit=1000").await, lines);
 }
+
+/// (version, status, display name) of an account as GET answers it to an admin.
+async fn account(w: &World, id: Uuid) -> (i64, String, Value) {
+    let a = w.app.get(&format!("/v1/accounts/{id}"), &w.admin).await;
+    assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
+    (
+        a.body["version"].as_i64().expect("version"),
+        a.body["status"].as_str().expect("status").to_owned(),
+        a.body["display_name"].clone(),
+    )
+}
+
+#[tokio::test]
+async fn as_of_rebuilds_an_account_through_its_lifecycle() {
+    let w = world().await;
+    let (bob, bob_token) = w.app.customer("bobby").await;
+    let mut seen = vec![account(&w, bob).await];
+    let a = w
+        .app
+        .send(
+            Method::PATCH,
+            &format!("/v1/accounts/{bob}/profile"),
+            Some(&bob_token),
+            Some(json!({"display_name": "Robert"})),
+            &[],
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
+    seen.push(account(&w, bob).await);
+    let a = w
+        .app
+        .post(
+            &format!("/v1/accounts/{bob}/suspend"),
+            &w.admin,
+            json!({"reason": "fraud check"}),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
+    seen.push(account(&w, bob).await);
+    let a = w
+        .app
+        .post(
+            &format!("/v1/accounts/{bob}/reinstate"),
+            &w.admin,
+            json!({}),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
+    seen.push(account(&w, bob).await);
+    let statuses: Vec<&str> = seen.iter().map(|s| s.1.as_str()).collect();
+    assert_eq!(statuses, vec!["active", "active", "suspended", "active"]);
+    for (version, status, display_name) in &seen {
+        let a = w
+            .get(&format!("/v1/accounts/{bob}/as-of?version={version}"))
+            .await;
+        assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
+        assert_eq!(a.body["version"], *version);
+        assert_eq!(a.body["state"]["status"], status.as_str(), "v{version}");
+        assert_eq!(a.body["state"]["display_name"], *display_name, "v{version}");
+        assert_eq!(a.body["state"]["subject"], "bobby");
+    }
+}
