@@ -68,13 +68,11 @@ struct StreamGuard {
 async fn delete_stream(names: &Names) -> anyhow::Result<()> {
     let client = ingest::nats::connect(&names.url).await?;
     let js = async_nats::jetstream::new(client.clone());
-    match js.get_stream(&names.stream).await {
-        Ok(_) => {
-            js.delete_stream(&names.stream)
-                .await
-                .map_err(|e| anyhow!("cannot delete stream {}: {e}", names.stream))?;
-        }
-        Err(_) => {} // never created
+    // A stream that was never created has nothing to delete.
+    if js.get_stream(&names.stream).await.is_ok() {
+        js.delete_stream(&names.stream)
+            .await
+            .map_err(|e| anyhow!("cannot delete stream {}: {e}", names.stream))?;
     }
     let _ = client.drain().await;
     Ok(())
