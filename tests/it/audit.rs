@@ -986,3 +986,40 @@ async fn as_of_rebuilds_an_account_through_its_lifecycle() {
         assert_eq!(a.body["state"]["subject"], "bobby");
     }
 }
+
+#[tokio::test]
+async fn a_reader_paging_during_concurrent_writes_sees_every_event_once_in_commit_order() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let w = world().await;
+    let done = AtomicBool::new(false);
+    let writes = async {
+        for _ in 0..3 {
+            w.workload().await;
+        }
+        done.store(true, Ordering::SeqCst);
+    };
+    let reads = async {
+        let mut seen: Vec<Value> = Vec::new();
+        let mut after = "0".to_owned();
+        loop {
+            let finished = done.load(Ordering::SeqCst);
+            if finished {
+                w.settle().await;
+            }
+            let a = w
+                .get(&format!("/v1/audit/events?after={after}&limit=3"))
+                .await;
+            assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
+            seen.extend(a.body["events"].as_array().expect("events").clone());
+            after = a.body["next"].as_str().expect("next").to_owned();
+            if finished && a.body["has_more"] == false {
+                return seen;
+            }
+            if a.body["has_more"] == false {
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            }
+        }
+    };
+    let ((), seen) = tokio::join!(writes, reads);
+    assert_eq!(ids(&seen), w.ids_where("true").await);
+}
