@@ -8,7 +8,7 @@
 
 use crate::error::Problem;
 use crate::extract::Caller;
-use crate::query::{unavailable, Params};
+use crate::query::Params;
 use crate::AppState;
 use axum::body::{Body, Bytes};
 use axum::extract::{FromRequestParts, Path, State};
@@ -203,6 +203,12 @@ fn time_of(field: &str, raw: &str) -> Result<DateTime<Utc>, Problem> {
         })
 }
 
+/// The answer when the log cannot be read.
+fn unavailable(e: sqlx::Error) -> Problem {
+    tracing::error!(error = %e, "reading the log failed");
+    Problem::new(503, "unavailable", "the log could not be read; retry")
+}
+
 fn store_problem(e: LoadError) -> Problem {
     match e {
         LoadError::Store(e) => unavailable(e.0),
@@ -394,10 +400,10 @@ fn filter_of(q: &LogQuery) -> Result<LogFilter, Problem> {
         filter.stream_type = Some(stream_type_of("stream_type", t)?.to_owned());
     }
     if let Some(a) = &q.actor {
-        if a.is_empty() || a.len() > MAX_NAME_LEN {
+        if a.is_empty() || a.len() > MAX_NAME_LEN || a.chars().any(char::is_control) {
             return Err(Problem::invalid(
                 "actor",
-                "actor must be a subject of 1-200 characters",
+                "actor must be a subject of 1-200 characters, none of them a control character",
             ));
         }
         filter.actor = Some(a.clone());

@@ -526,6 +526,7 @@ async fn the_global_log_refuses_bad_parameters() {
         ("stream_type=planet".into(), "stream_type"),
         (format!("actor={long}"), "actor"),
         ("actor=".into(), "actor"),
+        ("actor=al%00ice".into(), "actor"),
         ("from=yesterday".into(), "from"),
         ("to=2026-13-01T00:00:00Z".into(), "to"),
         ("sort=desc".into(), "sort"),
@@ -1022,4 +1023,40 @@ async fn a_reader_paging_during_concurrent_writes_sees_every_event_once_in_commi
     };
     let ((), seen) = tokio::join!(writes, reads);
     assert_eq!(ids(&seen), w.ids_where("true").await);
+}
+
+#[tokio::test]
+async fn extreme_values_are_answered_without_a_server_error() {
+    let w = world().await;
+    let wallet = w.alice_wallet;
+    let max = i64::MAX;
+    for path in [
+        format!("/v1/audit/streams/wallet/{wallet}?from_version={max}&limit=1000"),
+        format!("/v1/audit/streams/wallet/{wallet}?from_version=99999999999999999999"),
+        format!("/v1/audit/events?after={max}-{max}"),
+        format!("/v1/audit/events?after={max}"),
+        "/v1/audit/events?after=0-0&limit=99999999999999999999".to_owned(),
+        "/v1/audit/events?from=0000-01-01T00:00:00Z&to=9999-12-31T23:59:59.999999Z".to_owned(),
+        "/v1/audit/events?from=2030-01-01T00:00:00Z&to=2020-01-01T00:00:00Z".to_owned(),
+        format!("/v1/audit/events?types={}", ",".repeat(500)),
+        format!("/v1/audit/events?actor=%00{}", "%C3%A9".repeat(50)),
+        format!("/v1/audit/events?x={}", "y".repeat(5000)),
+        format!("/v1/wallets/{wallet}/as-of?version={max}"),
+        format!("/v1/wallets/{wallet}/as-of?at=0000-01-01T00:00:00Z"),
+        format!("/v1/wallets/{wallet}/as-of?at=9999-12-31T23:59:59Z"),
+        format!("/v1/wallets/{wallet}/as-of?at=2026-01-01T00:00:00%2B14:00"),
+        format!("/v1/audit/streams/wallet/{wallet}%00"),
+        "/v1/audit/streams/%FF/x".to_owned(),
+    ] {
+        let a = w.get(&path).await;
+        assert!(
+            a.status.is_success() || a.status.is_client_error(),
+            "{path}: {} {:?}",
+            a.status,
+            a.body
+        );
+        if !a.status.is_success() {
+            assert_problem(&a, a.status, None);
+        }
+    }
 }
