@@ -41,6 +41,26 @@ async fn fanout_position(pool: &PgPool) -> i64 {
         .unwrap_or(0)
 }
 
+/// Waits until every event of the log is readable by tailers: a transaction open anywhere in
+/// the cluster (other tests) holds the readable horizon back for a moment.
+async fn wait_readable(pool: &PgPool) {
+    for _ in 0..3000 {
+        let total: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+            .fetch_one(pool)
+            .await
+            .expect("count");
+        let readable = schemas::log::read_all(pool, Cursor::START, total + 1)
+            .await
+            .expect("read")
+            .len() as i64;
+        if readable == total {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the log did not become readable");
+}
+
 /// Customers with funded wallets and a few transfers between them.
 async fn some_commands(app: &TestApp, customers: usize) {
     let mut wallets = Vec::new();
@@ -93,6 +113,7 @@ async fn every_event_arrives_once_in_log_order_across_publisher_crashes() {
 
     // A publisher that died after JetStream acknowledged a batch but before its checkpoint
     // moved: the batch is published again by the next one.
+    wait_readable(&pool).await;
     let first = schemas::log::read_all(&pool, Cursor::START, 5)
         .await
         .expect("read");
@@ -171,6 +192,7 @@ async fn the_checkpoint_never_moves_past_events_jetstream_did_not_acknowledge() 
     js.delete_stream(&config.stream).await.expect("delete");
     let mut worker = Worker::live(pool.clone(), projector.clone(), small_batches(4));
     worker.load().await.expect("load");
+    wait_readable(&pool).await;
     assert!(
         worker.step().await.is_err(),
         "an unacknowledged batch fails"
