@@ -275,3 +275,43 @@ async fn a_hundred_random_mutations_deletions_and_reorderings_are_all_detected()
     let report = verified(&mut conn).await;
     assert!(report.ok, "{report:?}");
 }
+
+#[tokio::test]
+async fn get_audit_verify_reports_the_chain_to_auditors_only() {
+    let app = TestApp::new().await;
+    some_commands(&app, 3).await;
+    let pool = app.db.pool.clone();
+    seal(&pool).await;
+    let auditor = app.token("auditor-1", &[commands::Role::Auditor]);
+    let (_, customer) = app.customer("not-an-auditor").await;
+    assert_eq!(
+        app.get("/v1/audit/verify", &customer).await.status,
+        StatusCode::FORBIDDEN
+    );
+    let answer = app.get("/v1/audit/verify", &auditor).await;
+    assert_eq!(answer.status, StatusCode::OK, "{:?}", answer.body);
+    assert_eq!(answer.body["ok"], true, "{:?}", answer.body);
+    assert_eq!(answer.body["first_break"], serde_json::Value::Null);
+    let checked = answer.body["checked"].as_i64().expect("checked");
+    assert!(checked > 0);
+
+    // Tampered for real, past the triggers.
+    let mut tx = pool.begin().await.expect("begin");
+    sqlx::query("SET LOCAL session_replication_role = replica")
+        .execute(&mut *tx)
+        .await
+        .expect("no triggers");
+    sqlx::query(
+        "UPDATE events SET payload = jsonb_set(payload, '{amount}', '1') WHERE position = 3",
+    )
+    .execute(&mut *tx)
+    .await
+    .expect("tamper");
+    tx.commit().await.expect("commit");
+    let answer = app.get("/v1/audit/verify", &auditor).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.body["ok"], false, "{:?}", answer.body);
+    let first_break = &answer.body["first_break"];
+    assert_eq!(first_break["kind"], "changed", "{first_break:?}");
+    assert!(first_break["position"].as_i64().expect("position") <= 3);
+}
