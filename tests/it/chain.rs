@@ -7,10 +7,8 @@ use projections::chain::{verify, ChainProjector, Report};
 use projections::Worker;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use serde_json::json;
 use sqlx::{PgConnection, PgPool};
 use std::sync::Arc;
-use uuid::Uuid;
 
 /// Seals the whole log.
 async fn seal(pool: &PgPool) {
@@ -21,29 +19,6 @@ async fn seal(pool: &PgPool) {
 
 async fn verified(conn: &mut PgConnection) -> Report {
     verify(conn, |_| {}).await.expect("verify")
-}
-
-/// Customers with wallets, deposits and transfers: a log of a few dozen events.
-async fn some_commands(app: &TestApp, customers: usize) {
-    let mut wallets = Vec::new();
-    for i in 0..customers {
-        let (_, token) = app
-            .customer(&format!("h{i}-{}", Uuid::now_v7().simple()))
-            .await;
-        let wallet = app.wallet(&token, "EUR").await;
-        assert_eq!(app.deposit(wallet, 50_000).await.status, StatusCode::OK);
-        wallets.push((token, wallet));
-    }
-    for pair in wallets.windows(2) {
-        let answer = app
-            .post(
-                "/v1/transfers",
-                &pair[0].0,
-                json!({"from_wallet": pair[0].1, "to_wallet": pair[1].1, "amount": 250, "memo": "rent"}),
-            )
-            .await;
-        assert_eq!(answer.status, StatusCode::CREATED, "{:?}", answer.body);
-    }
 }
 
 #[tokio::test]
@@ -57,7 +32,7 @@ async fn an_untouched_log_verifies_and_unsealed_events_are_counted() {
         "{empty:?}"
     );
 
-    some_commands(&app, 3).await;
+    app.customers_with_transfers(3).await;
     seal(&pool).await;
     let events = app.event_count().await;
     let report = verified(&mut conn).await;
@@ -66,7 +41,7 @@ async fn an_untouched_log_verifies_and_unsealed_events_are_counted() {
     assert_eq!(report.unsealed, 0);
     assert_eq!(Some(report.sealed_position), app.log_head().await);
 
-    some_commands(&app, 2).await;
+    app.customers_with_transfers(2).await;
     let behind = verified(&mut conn).await;
     assert!(behind.ok, "{behind:?}");
     assert_eq!(behind.checked, events as u64);
@@ -218,7 +193,7 @@ async fn mutate(conn: &mut PgConnection, rng: &mut StdRng, positions: &[i64]) ->
 #[tokio::test]
 async fn a_hundred_random_mutations_deletions_and_reorderings_are_all_detected() {
     let app = TestApp::new().await;
-    some_commands(&app, 6).await;
+    app.customers_with_transfers(6).await;
     let pool = app.db.pool.clone();
     seal(&pool).await;
     let positions: Vec<i64> = sqlx::query_scalar("SELECT position FROM events ORDER BY position")
@@ -279,7 +254,7 @@ async fn a_hundred_random_mutations_deletions_and_reorderings_are_all_detected()
 #[tokio::test]
 async fn get_audit_verify_reports_the_chain_to_auditors_only() {
     let app = TestApp::new().await;
-    some_commands(&app, 3).await;
+    app.customers_with_transfers(3).await;
     let pool = app.db.pool.clone();
     seal(&pool).await;
     let auditor = app.token("auditor-1", &[commands::Role::Auditor]);

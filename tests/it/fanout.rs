@@ -6,11 +6,9 @@
 
 use crate::support::{small_batches, TestApp};
 use async_nats::jetstream;
-use axum::http::StatusCode;
 use projections::fanout::{ensure_stream, FanoutConfig, FanoutProjector};
 use projections::{Projector, Step, Worker};
 use schemas::{Cursor, RecordedEvent};
-use serde_json::json;
 use sqlx::PgPool;
 use std::sync::Arc;
 use std::time::Duration;
@@ -61,29 +59,6 @@ async fn wait_readable(pool: &PgPool) {
     panic!("the log did not become readable");
 }
 
-/// Customers with funded wallets and a few transfers between them.
-async fn some_commands(app: &TestApp, customers: usize) {
-    let mut wallets = Vec::new();
-    for i in 0..customers {
-        let (_, token) = app
-            .customer(&format!("f{i}-{}", Uuid::now_v7().simple()))
-            .await;
-        let wallet = app.wallet(&token, "EUR").await;
-        assert_eq!(app.deposit(wallet, 10_000).await.status, StatusCode::OK);
-        wallets.push((token, wallet));
-    }
-    for pair in wallets.windows(2) {
-        let answer = app
-            .post(
-                "/v1/transfers",
-                &pair[0].0,
-                json!({"from_wallet": pair[0].1, "to_wallet": pair[1].1, "amount": 100}),
-            )
-            .await;
-        assert_eq!(answer.status, StatusCode::CREATED, "{:?}", answer.body);
-    }
-}
-
 /// A test app with a few customers' commands in its log, and a fan-out projector publishing
 /// to a stream of its own.
 async fn start(
@@ -95,7 +70,7 @@ async fn start(
     Arc<dyn Projector>,
 ) {
     let app = TestApp::new().await;
-    some_commands(&app, customers).await;
+    app.customers_with_transfers(customers).await;
     let client = nats().await;
     let config = own_config();
     let projector: Arc<dyn Projector> = Arc::new(
@@ -133,11 +108,11 @@ async fn every_event_arrives_once_in_log_order_across_publisher_crashes() {
     let running = tokio::spawn(
         Worker::live(pool.clone(), projector.clone(), small_batches(2)).run(None, stopped),
     );
-    some_commands(&app, 2).await;
+    app.customers_with_transfers(2).await;
     tokio::time::sleep(Duration::from_millis(rand::random::<u64>() % 40)).await;
     running.abort();
     let _ = running.await;
-    some_commands(&app, 2).await;
+    app.customers_with_transfers(2).await;
 
     // The last one runs to the end of the log.
     let mut worker = Worker::live(pool.clone(), projector.clone(), small_batches(7));

@@ -328,6 +328,30 @@ impl TestApp {
     }
 
     /// How many events the log holds.
+    /// `customers` customers, each with a funded EUR wallet, and a transfer from each to the
+    /// next: a log of a few dozen events of two stream types.
+    pub async fn customers_with_transfers(&self, customers: usize) {
+        let mut wallets = Vec::new();
+        for i in 0..customers {
+            let (_, token) = self
+                .customer(&format!("t{i}-{}", Uuid::now_v7().simple()))
+                .await;
+            let wallet = self.wallet(&token, "EUR").await;
+            assert_eq!(self.deposit(wallet, 50_000).await.status, StatusCode::OK);
+            wallets.push((token, wallet));
+        }
+        for pair in wallets.windows(2) {
+            let answer = self
+                .post(
+                    "/v1/transfers",
+                    &pair[0].0,
+                    serde_json::json!({"from_wallet": pair[0].1, "to_wallet": pair[1].1, "amount": 250, "memo": "rent"}),
+                )
+                .await;
+            assert_eq!(answer.status, StatusCode::CREATED, "{:?}", answer.body);
+        }
+    }
+
     pub async fn event_count(&self) -> i64 {
         sqlx::query_scalar("SELECT count(*) FROM events")
             .fetch_one(&self.db.pool)
