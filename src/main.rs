@@ -138,6 +138,32 @@ enum AuditAction {
     /// Recompute the hash chain of the log and report the first break; exits with status 1
     /// when the chain is broken.
     Verify,
+    /// Export the log in commit order as NDJSON or CSV (to stdout or --output), with a
+    /// progress bar on stderr; resumable from the cursor it prints and keeps.
+    Export {
+        /// Only events that occurred at or after this RFC 3339 time (default: the beginning).
+        #[arg(long)]
+        from: Option<String>,
+        /// Only events that occurred before this RFC 3339 time (default: no bound).
+        #[arg(long)]
+        to: Option<String>,
+        /// Only this stream type: account, wallet, order, escrow, pot or device.
+        #[arg(long)]
+        stream_type: Option<String>,
+        /// ndjson (one JSON event per line) or csv (header row, payload as JSON text).
+        #[arg(long, default_value = "ndjson")]
+        format: api::audit_export::Format,
+        /// Start after this cursor (`<tx>-<position>`, as printed) or log position.
+        #[arg(long)]
+        after: Option<String>,
+        /// Write to this file (and the last cursor to `<FILE>.cursor`) instead of stdout.
+        #[arg(long)]
+        output: Option<std::path::PathBuf>,
+        /// With --output: append after the cursor kept in `<FILE>.cursor` (a fresh export
+        /// when there is none).
+        #[arg(long)]
+        resume: bool,
+    },
 }
 
 fn parse_role(s: &str) -> Result<Role, String> {
@@ -241,6 +267,29 @@ async fn main() -> anyhow::Result<()> {
                     if !audit_cli::verify(&pool).await? {
                         std::process::exit(1);
                     }
+                }
+                AuditAction::Export {
+                    from,
+                    to,
+                    stream_type,
+                    format,
+                    after,
+                    output,
+                    resume,
+                } => {
+                    audit_cli::export(
+                        &pool,
+                        audit_cli::ExportArgs {
+                            from: from.clone(),
+                            to: to.clone(),
+                            stream_type: stream_type.clone(),
+                            format: *format,
+                            after: after.clone(),
+                            output: output.clone(),
+                            resume: *resume,
+                        },
+                    )
+                    .await?
                 }
             }
         }

@@ -5,6 +5,7 @@
 // A problem is the answer itself, built once per failed request: boxing it gains nothing.
 #![allow(clippy::result_large_err)]
 
+pub mod audit_export;
 pub mod auth;
 pub mod error;
 pub mod extract;
@@ -29,6 +30,7 @@ use std::sync::Arc;
 use tower_http::limit::RequestBodyLimitLayer;
 
 pub use auth::AuthConfig;
+pub use routes_audit::AuditEvent;
 
 /// The largest command body accepted.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;

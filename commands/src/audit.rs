@@ -87,6 +87,36 @@ pub struct LogFilter {
     pub to: Option<DateTime<Utc>>,
 }
 
+/// The condition of [`log_page`] and [`log_count`]: after the cursor ($1, $2), below the
+/// horizon, and the filter ($3 to $7).
+const LOG_WHERE: &str = "(tx, position) > ($1, $2) \
+     AND tx < pg_snapshot_xmin(pg_current_snapshot())::text::bigint \
+     AND (cardinality($3::text[]) = 0 OR event_type = ANY($3)) \
+     AND ($4::text IS NULL OR stream_type = $4) \
+     AND ($5::text IS NULL OR actor_sub = $5) \
+     AND ($6::timestamptz IS NULL OR occurred_at >= $6) \
+     AND ($7::timestamptz IS NULL OR occurred_at < $7)";
+
+/// How many events [`log_page`] would return after `after` with `filter` and no limit, as of
+/// now (an estimate for a progress bar: more may commit while an export runs).
+pub async fn log_count(
+    pool: &PgPool,
+    after: Cursor,
+    filter: &LogFilter,
+) -> Result<i64, sqlx::Error> {
+    let sql = format!("SELECT count(*) FROM events WHERE {LOG_WHERE}");
+    sqlx::query_scalar(&sql)
+        .bind(after.tx)
+        .bind(after.position)
+        .bind(&filter.event_types)
+        .bind(&filter.stream_type)
+        .bind(&filter.actor)
+        .bind(filter.from)
+        .bind(filter.to)
+        .fetch_one(pool)
+        .await
+}
+
 /// Up to `limit` events of the global log after `after` that match `filter`, in commit order
 /// `(tx, position)`, and only events of transactions below the horizon of
 /// [`schemas::log::read_all`]: a reader following the cursors of the events returned never
@@ -98,15 +128,7 @@ pub async fn log_page(
     limit: i64,
 ) -> Result<Vec<RecordedEvent>, sqlx::Error> {
     let sql = format!(
-        "SELECT {EVENT_COLUMNS} FROM events \
-         WHERE (tx, position) > ($1, $2) \
-           AND tx < pg_snapshot_xmin(pg_current_snapshot())::text::bigint \
-           AND (cardinality($3::text[]) = 0 OR event_type = ANY($3)) \
-           AND ($4::text IS NULL OR stream_type = $4) \
-           AND ($5::text IS NULL OR actor_sub = $5) \
-           AND ($6::timestamptz IS NULL OR occurred_at >= $6) \
-           AND ($7::timestamptz IS NULL OR occurred_at < $7) \
-         ORDER BY tx, position LIMIT $8"
+        "SELECT {EVENT_COLUMNS} FROM events WHERE {LOG_WHERE} ORDER BY tx, position LIMIT $8"
     );
     let rows: Vec<EventRow> = sqlx::query_as(&sql)
         .bind(after.tx)

@@ -24,3 +24,4 @@ mod state_machine;
 mod telemetry;
 mod fanout;
 mod chain;
+mod audit_export;
