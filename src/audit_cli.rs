@@ -68,6 +68,8 @@ pub struct ExportArgs {
     pub output: Option<PathBuf>,
     /// Append to `output` after the cursor in `<output>.cursor`.
     pub resume: bool,
+    /// Stop after this many events.
+    pub limit: Option<i64>,
 }
 
 fn time_arg(name: &str, raw: &str) -> anyhow::Result<DateTime<Utc>> {
@@ -124,7 +126,14 @@ pub async fn export(pool: &PgPool, args: ExportArgs) -> anyhow::Result<()> {
             append = true;
         }
     }
+    if !append {
+        // A fresh export: a cursor left by an earlier one must not be resumed into it.
+        if let Some(path) = cursor_file.as_deref().filter(|p| p.exists()) {
+            std::fs::remove_file(path).with_context(|| format!("removing {}", path.display()))?;
+        }
+    }
     let total = audit::log_count(pool, after, &filter).await?;
+    let total = args.limit.map_or(total, |l| total.min(l));
     let mut out: Box<dyn Write> = match &args.output {
         Some(path) => {
             let file = std::fs::OpenOptions::new()
@@ -150,7 +159,7 @@ pub async fn export(pool: &PgPool, args: ExportArgs) -> anyhow::Result<()> {
         pool,
         after,
         filter,
-        None,
+        args.limit,
         args.format,
         !append,
         &mut out,
@@ -182,7 +191,11 @@ pub async fn export(pool: &PgPool, args: ExportArgs) -> anyhow::Result<()> {
             eprintln!("export stopped; resume with --after {cursor}");
             Err(e.into())
         }
-        Some(Ok(_)) => {
+        Some(Ok(end)) => {
+            if let Some(path) = &cursor_file {
+                std::fs::write(path, audit_export::format_cursor(end))
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
             eprintln!("exported {} events; last cursor {cursor}", bar.position());
             Ok(())
         }

@@ -163,6 +163,9 @@ enum AuditAction {
         /// when there is none).
         #[arg(long)]
         resume: bool,
+        /// Stop after this many events (resume later from the cursor).
+        #[arg(long, value_parser = clap::value_parser!(i64).range(1..))]
+        limit: Option<i64>,
     },
 }
 
@@ -276,6 +279,7 @@ async fn main() -> anyhow::Result<()> {
                     after,
                     output,
                     resume,
+                    limit,
                 } => {
                     audit_cli::export(
                         &pool,
@@ -287,6 +291,7 @@ async fn main() -> anyhow::Result<()> {
                             after: after.clone(),
                             output: output.clone(),
                             resume: *resume,
+                            limit: *limit,
                         },
                     )
                     .await?
