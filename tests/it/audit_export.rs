@@ -316,3 +316,66 @@ async fn an_export_stopped_and_resumed_from_its_cursor_is_the_whole_export() {
         .await
         .is_err());
 }
+
+#[tokio::test]
+async fn a_resumed_export_crosses_batch_edges_without_a_gap_or_a_repeat() {
+    let app = TestApp::without_projectors().await;
+    // 2,500 events over three transactions (batches are 1,000 events), with payload text
+    // that needs CSV quoting.
+    for t in 0..3 {
+        sqlx::query(
+            "INSERT INTO events (event_id, stream_type, stream_id, stream_version, event_type, \
+             schema_version, payload, actor_sub, actor_role, command_id, correlation_id, occurred_at) \
+             SELECT gen_random_uuid(), 'wallet', gen_random_uuid(), 1, 'ExportProbe', 1, \
+             jsonb_build_object('note', 'a, \"quoted\"' || chr(10) || 'line', 'n', g, 't', $1::int), \
+             'probe', 'admin', gen_random_uuid(), gen_random_uuid(), now() \
+             FROM generate_series(1, $2) g",
+        )
+        .bind(t)
+        .bind(if t == 1 { 500 } else { 1000 })
+        .execute(&app.db.pool)
+        .await
+        .expect("insert probe events");
+    }
+    for _ in 0..300 {
+        let n = audit::log_count(&app.db.pool, Cursor::START, &LogFilter::default())
+            .await
+            .expect("count");
+        if n == 2500 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for format in [Format::Ndjson, Format::Csv] {
+        let (whole, _, reported) = run(
+            &app,
+            Cursor::START,
+            LogFilter::default(),
+            None,
+            format,
+            true,
+        )
+        .await;
+        assert_eq!(reported.len(), 3, "three batches");
+        for stop in [999, 1000, 1001, 2499] {
+            let (mut out, cursor, _) = run(
+                &app,
+                Cursor::START,
+                LogFilter::default(),
+                Some(stop),
+                format,
+                true,
+            )
+            .await;
+            let (rest, _, _) = run(&app, cursor, LogFilter::default(), None, format, false).await;
+            out.extend_from_slice(&rest);
+            assert!(out == whole, "{format:?} stopped after {stop}");
+        }
+        if format == Format::Csv {
+            let rows = parse_csv(std::str::from_utf8(&whole).expect("utf-8"));
+            assert_eq!(rows.len(), 2501);
+            let payload: Value = serde_json::from_str(&rows[1][8]).expect("payload");
+            assert_eq!(payload["note"], "a, \"quoted\"\nline");
+        }
+    }
+}
