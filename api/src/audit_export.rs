@@ -73,27 +73,15 @@ pub fn format_cursor(c: Cursor) -> String {
 /// A cursor from text: `<tx>-<position>`, or a bare log position looked up in the log (0 is
 /// the start).
 pub async fn parse_cursor(pool: &PgPool, raw: &str) -> Result<Cursor, ExportError> {
-    let raw = raw.trim();
-    let bad = || {
-        ExportError::Invalid(format!(
-            "bad cursor {raw:?}: use <tx>-<position> (as printed by an export) or a log position"
-        ))
-    };
-    let number = |t: &str| t.parse::<i64>().ok().filter(|n| *n >= 0);
-    match raw.split_once('-') {
-        Some((tx, position)) => Ok(Cursor {
-            tx: number(tx).ok_or_else(bad)?,
-            position: number(position).ok_or_else(bad)?,
-        }),
-        None => {
-            let position = number(raw).ok_or_else(bad)?;
-            if position == 0 {
-                return Ok(Cursor::START);
-            }
-            audit::cursor_of(pool, position).await?.ok_or_else(|| {
-                ExportError::Invalid(format!("no event at position {position} in the log"))
-            })
-        }
+    match audit::cursor_from_text(pool, raw).await? {
+        Ok(cursor) => Ok(cursor),
+        Err(audit::CursorTextError::Malformed) => Err(ExportError::Invalid(format!(
+            "bad cursor {:?}: use <tx>-<position> (as printed by an export) or a log position",
+            raw.trim()
+        ))),
+        Err(audit::CursorTextError::NoEvent(position)) => Err(ExportError::Invalid(format!(
+            "no event at position {position} in the log"
+        ))),
     }
 }
 

@@ -357,30 +357,17 @@ async fn after_of(s: &AppState, raw: Option<&str>) -> Result<Cursor, Problem> {
     let Some(raw) = raw else {
         return Ok(Cursor::START);
     };
-    let bad = || {
-        Problem::invalid(
+    match audit::cursor_from_text(&s.pool, raw)
+        .await
+        .map_err(unavailable)?
+    {
+        Ok(cursor) => Ok(cursor),
+        Err(audit::CursorTextError::Malformed) => Err(Problem::invalid(
             "after",
             "after must be the `next` of a page (<tx>-<position>) or a log position",
-        )
-    };
-    if raw.len() > 60 {
-        return Err(bad());
-    }
-    let number = |t: &str| t.parse::<i64>().ok().filter(|n| *n >= 0);
-    match raw.split_once('-') {
-        Some((tx, position)) => Ok(Cursor {
-            tx: number(tx).ok_or_else(bad)?,
-            position: number(position).ok_or_else(bad)?,
-        }),
-        None => {
-            let position = number(raw).ok_or_else(bad)?;
-            if position == 0 {
-                return Ok(Cursor::START);
-            }
-            audit::cursor_of(&s.pool, position)
-                .await
-                .map_err(unavailable)?
-                .ok_or_else(|| Problem::invalid("after", "after names no event in the log"))
+        )),
+        Err(audit::CursorTextError::NoEvent(_)) => {
+            Err(Problem::invalid("after", "after names no event in the log"))
         }
     }
 }

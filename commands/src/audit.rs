@@ -154,6 +154,42 @@ pub async fn cursor_of(pool: &PgPool, position: i64) -> Result<Option<Cursor>, s
     Ok(tx.map(|tx| Cursor { tx, position }))
 }
 
+/// Why a cursor given as text names no place in the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CursorTextError {
+    /// Neither `<tx>-<position>` nor a log position.
+    Malformed,
+    /// A position where no event stands.
+    NoEvent(i64),
+}
+
+/// A cursor from text: `<tx>-<position>` (as the audit routes' `next` and the export print
+/// it), or a bare log position looked up in the log (0 is the start). The outer error is the
+/// database's.
+pub async fn cursor_from_text(
+    pool: &PgPool,
+    raw: &str,
+) -> Result<Result<Cursor, CursorTextError>, sqlx::Error> {
+    let raw = raw.trim();
+    if raw.len() > 60 {
+        return Ok(Err(CursorTextError::Malformed));
+    }
+    let number = |t: &str| t.parse::<i64>().ok().filter(|n| *n >= 0);
+    Ok(match raw.split_once('-') {
+        Some((tx, position)) => match (number(tx), number(position)) {
+            (Some(tx), Some(position)) => Ok(Cursor { tx, position }),
+            _ => Err(CursorTextError::Malformed),
+        },
+        None => match number(raw) {
+            None => Err(CursorTextError::Malformed),
+            Some(0) => Ok(Cursor::START),
+            Some(position) => cursor_of(pool, position)
+                .await?
+                .ok_or(CursorTextError::NoEvent(position)),
+        },
+    })
+}
+
 /// Every event after `after` matching `filter` (at most `limit`, if given), as batches of at
 /// most `batch` events read one after another with keyset pagination: memory stays bounded
 /// by one batch however large the log. The export ends at the first batch that comes back
