@@ -4,12 +4,15 @@
 mod support;
 
 mod audit;
+mod audit_export;
 mod bad_input;
+mod chain;
 mod concurrency;
 mod deadlines;
 mod devices;
 mod escrows;
 mod event_store;
+mod fanout;
 mod idempotency;
 mod money_flows;
 mod multi_process;
@@ -22,6 +25,3 @@ mod queries_money;
 mod rules_over_http;
 mod state_machine;
 mod telemetry;
-mod fanout;
-mod chain;
-mod audit_export;
