@@ -15,12 +15,9 @@ use std::path::{Path, PathBuf};
 /// Verifies the chain in one `REPEATABLE READ` snapshot and prints the report; true when the
 /// chain holds.
 pub async fn verify(pool: &PgPool) -> anyhow::Result<bool> {
-    let mut tx = pool.begin().await?;
-    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        .execute(&mut *tx)
-        .await?;
+    // The bar's length is read before the snapshot; it grows if the chain has grown since.
     let links: i64 = sqlx::query_scalar("SELECT count(*) FROM event_chain")
-        .fetch_one(&mut *tx)
+        .fetch_one(pool)
         .await?;
     let bar = ProgressBar::new(links.max(0) as u64);
     bar.set_style(
@@ -29,9 +26,14 @@ pub async fn verify(pool: &PgPool) -> anyhow::Result<bool> {
             .progress_chars("=> "),
     );
     let started = std::time::Instant::now();
-    let report = projections::chain::verify(&mut tx, |n| bar.inc(n)).await?;
+    let report = projections::chain::verify_snapshot(pool, |n| {
+        if bar.position() + n > bar.length().unwrap_or(0) {
+            bar.set_length(bar.position() + n);
+        }
+        bar.inc(n)
+    })
+    .await?;
     bar.finish_and_clear();
-    tx.rollback().await?;
     let secs = started.elapsed().as_secs_f64();
     println!(
         "checked {} events in {secs:.1} s ({:.0} events/s); sealed up to position {}; {} newer \

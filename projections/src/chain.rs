@@ -145,6 +145,21 @@ impl Projector for ChainProjector {
     }
 }
 
+/// [`verify`] in one `REPEATABLE READ, READ ONLY` transaction of its own: the consistent view
+/// every caller wants while the chain projector goes on sealing.
+pub async fn verify_snapshot(
+    pool: &sqlx::PgPool,
+    progress: impl FnMut(u64),
+) -> Result<Report, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .execute(&mut *tx)
+        .await?;
+    let report = verify(&mut tx, progress).await?;
+    tx.rollback().await?;
+    Ok(report)
+}
+
 /// What broke the chain first.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Break {

@@ -108,12 +108,7 @@ pub async fn build_all(
     let Some(start) = workers.iter().map(Worker::cursor).min() else {
         return Ok(Vec::new());
     };
-    let head: Option<(i64, i64)> = sqlx::query_as(
-        "SELECT tx, position FROM public.events ORDER BY tx DESC, position DESC LIMIT 1",
-    )
-    .fetch_optional(pool)
-    .await?;
-    let head = head.map(|(tx, position)| Cursor { tx, position });
+    let head = schemas::log::head(pool).await?;
 
     type Batch = (Vec<RecordedEvent>, Cursor);
     let progress = Arc::new(progress);
@@ -144,7 +139,18 @@ pub async fn build_all(
         });
     }
 
-    let types: Vec<&'static [&'static str]> = projectors.iter().map(|p| p.stream_types()).collect();
+    // For each stream type, the projectors that take its events (worked out once).
+    let mut wanted_by: std::collections::HashMap<&'static str, Vec<usize>> =
+        std::collections::HashMap::new();
+    for (i, p) in projectors.iter().enumerate() {
+        for &t in p.stream_types() {
+            wanted_by.entry(t).or_default().push(i);
+        }
+    }
+    let nobody: Vec<usize> = Vec::new();
+    let wanting = |e: &RecordedEvent| -> &[usize] {
+        wanted_by.get(e.stream_type.as_str()).unwrap_or(&nobody)
+    };
     let reader = async {
         let mut cursor = start;
         loop {
@@ -162,22 +168,14 @@ pub async fn build_all(
             cursor = end;
             // Hand every event to each projector of its stream type: moved to the last one
             // that wants it, cloned for the others.
-            let wanting: Vec<Vec<usize>> = events
-                .iter()
-                .map(|e| {
-                    (0..types.len())
-                        .filter(|&i| types[i].contains(&e.stream_type.as_str()))
-                        .collect()
-                })
-                .collect();
             let mut sizes = vec![0; senders.len()];
-            for &i in wanting.iter().flatten() {
+            for &i in events.iter().flat_map(&wanting) {
                 sizes[i] += 1;
             }
             let mut parts: Vec<Vec<RecordedEvent>> =
                 sizes.into_iter().map(Vec::with_capacity).collect();
-            for (event, wanting) in events.into_iter().zip(wanting) {
-                if let Some((&last, others)) = wanting.split_last() {
+            for event in events {
+                if let Some((&last, others)) = wanting(&event).split_last() {
                     for &i in others {
                         parts[i].push(event.clone());
                     }

@@ -298,12 +298,7 @@ impl Worker {
         &mut self,
         mut progress: impl FnMut(usize, Cursor),
     ) -> Result<(), sqlx::Error> {
-        let head: Option<(i64, i64)> = sqlx::query_as(
-            "SELECT tx, position FROM public.events ORDER BY tx DESC, position DESC LIMIT 1",
-        )
-        .fetch_optional(&self.pool)
-        .await?;
-        let head = head.map(|(tx, position)| Cursor { tx, position });
+        let head = schemas::log::head(&self.pool).await?;
         loop {
             match self.step().await? {
                 Step::Idle => match head {

@@ -55,6 +55,20 @@ impl From<EventRow> for RecordedEvent {
     }
 }
 
+/// The last committed event of the log in (tx, position) order, whether or not tailers can
+/// read it yet: where a reader that wants everything committed so far must get to.
+pub async fn head<'e, E>(executor: E) -> Result<Option<Cursor>, sqlx::Error>
+where
+    E: sqlx::PgExecutor<'e>,
+{
+    let head: Option<(i64, i64)> = sqlx::query_as(
+        "SELECT tx, position FROM public.events ORDER BY tx DESC, position DESC LIMIT 1",
+    )
+    .fetch_optional(executor)
+    .await?;
+    Ok(head.map(|(tx, position)| Cursor { tx, position }))
+}
+
 /// Up to `limit` events after `after`, in (tx, position) order, of transactions that can no
 /// longer be joined by an earlier one: only rows of transactions below the oldest one still
 /// running are returned, so a reader that follows the cursors never misses an event that
