@@ -9,7 +9,7 @@ use schemas::Cursor;
 use sqlx::types::chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use std::cell::Cell;
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
 /// Verifies the chain in one `REPEATABLE READ` snapshot and prints the report; true when the
@@ -134,8 +134,6 @@ pub async fn export(pool: &PgPool, args: ExportArgs) -> anyhow::Result<()> {
             std::fs::remove_file(path).with_context(|| format!("removing {}", path.display()))?;
         }
     }
-    let total = audit::log_count(pool, after, &filter).await?;
-    let total = args.limit.map_or(total, |l| total.min(l));
     let mut out: Box<dyn Write> = match &args.output {
         Some(path) => {
             let file = std::fs::OpenOptions::new()
@@ -149,13 +147,26 @@ pub async fn export(pool: &PgPool, args: ExportArgs) -> anyhow::Result<()> {
         }
         None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
     };
-    let bar = ProgressBar::new(total.max(0) as u64);
+    let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template("export [{bar:40}] {pos}/{len} events  {per_sec}  ETA {eta}")
             .context("progress style")?
             .progress_chars("=> "),
     );
+    // The bar's total is a count(*) of the range, which costs a scan of it: taken on the
+    // side while the export runs, and only when the bar is drawn at all (stderr a terminal).
+    if std::io::stderr().is_terminal() {
+        let (pool, filter, bar, limit) = (pool.clone(), filter.clone(), bar.clone(), args.limit);
+        tokio::spawn(async move {
+            if let Ok(total) = audit::log_count(&pool, after, &filter).await {
+                let total = limit.map_or(total, |l| total.min(l)).max(0) as u64;
+                bar.set_length(total.max(bar.position()));
+            }
+        });
+    }
     let last = Cell::new(after);
+    // Events written (the bar's position is set to its length when it is finished).
+    let written = Cell::new(0u64);
     let mut cursor_error = None;
     let run = audit_export::export_to(
         pool,
@@ -167,6 +178,7 @@ pub async fn export(pool: &PgPool, args: ExportArgs) -> anyhow::Result<()> {
         &mut out,
         |n, c| {
             bar.inc(n);
+            written.set(written.get() + n);
             last.set(c);
             if let Some(path) = &cursor_file {
                 if let Err(e) = std::fs::write(path, audit_export::format_cursor(c)) {
@@ -198,7 +210,7 @@ pub async fn export(pool: &PgPool, args: ExportArgs) -> anyhow::Result<()> {
                 std::fs::write(path, audit_export::format_cursor(end))
                     .with_context(|| format!("writing {}", path.display()))?;
             }
-            eprintln!("exported {} events; last cursor {cursor}", bar.position());
+            eprintln!("exported {} events; last cursor {cursor}", written.get());
             Ok(())
         }
     }

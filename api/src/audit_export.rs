@@ -87,13 +87,29 @@ pub async fn parse_cursor(pool: &PgPool, raw: &str) -> Result<Cursor, ExportErro
 
 /// Quotes one CSV field when it holds a comma, a quote, CR or LF (quotes doubled).
 pub fn csv_field(out: &mut Vec<u8>, field: &str) {
-    if field.contains([',', '"', '\n', '\r']) {
-        out.push(b'"');
-        out.extend_from_slice(field.replace('"', "\"\"").as_bytes());
-        out.push(b'"');
-    } else {
-        out.extend_from_slice(field.as_bytes());
+    csv_bytes(out, field.as_bytes());
+}
+
+/// [`csv_field`] of UTF-8 bytes.
+fn csv_bytes(out: &mut Vec<u8>, field: &[u8]) {
+    if !field
+        .iter()
+        .any(|b| matches!(b, b',' | b'"' | b'\n' | b'\r'))
+    {
+        out.extend_from_slice(field);
+        return;
     }
+    out.reserve(field.len() + 8);
+    out.push(b'"');
+    // Copy runs between quotes; each quote is doubled.
+    let mut rest = field;
+    while let Some(i) = rest.iter().position(|b| *b == b'"') {
+        out.extend_from_slice(&rest[..=i]);
+        out.push(b'"');
+        rest = &rest[i + 1..];
+    }
+    out.extend_from_slice(rest);
+    out.push(b'"');
 }
 
 fn csv_row<'a>(out: &mut Vec<u8>, fields: impl IntoIterator<Item = &'a str>) {
@@ -124,19 +140,80 @@ pub fn encode_event(
             serde_json::to_writer(&mut *out, &event).map_err(std::io::Error::from)?;
             out.push(b'\n');
         }
-        Format::Csv => {
-            let value = serde_json::to_value(&event).map_err(std::io::Error::from)?;
-            let cells: Vec<String> = CSV_COLUMNS
-                .iter()
-                .map(|c| match &value[*c] {
-                    serde_json::Value::Null => String::new(),
-                    serde_json::Value::String(s) => s.clone(),
-                    other => other.to_string(),
-                })
-                .collect();
-            csv_row(out, cells.iter().map(String::as_str));
-        }
+        Format::Csv => csv_event(out, &mut Vec::new(), &event)?,
     }
+    Ok(())
+}
+
+/// Appends one event as a CSV row to `out`, field by field in [`CSV_COLUMNS`]' order, each
+/// cell the text of that field in the event's JSON form (strings unquoted, the payload as
+/// compact JSON, a null as an empty cell); `scratch` is a buffer reused between rows.
+fn csv_event(
+    out: &mut Vec<u8>,
+    scratch: &mut Vec<u8>,
+    event: &AuditEvent,
+) -> Result<(), ExportError> {
+    // Every field, by name: a field added to AuditEvent must be added here (and to
+    // CSV_COLUMNS), or this does not compile.
+    let AuditEvent {
+        position,
+        tx,
+        event_id,
+        stream_type,
+        stream_id,
+        stream_version,
+        event_type,
+        schema_version,
+        payload,
+        actor_sub,
+        actor_role,
+        command_id,
+        correlation_id,
+        causation_id,
+        occurred_at,
+    } = event;
+    let mut uuid = uuid::Uuid::encode_buffer();
+    let mut id = |out: &mut Vec<u8>, id: &uuid::Uuid| {
+        out.extend_from_slice(id.hyphenated().encode_lower(&mut uuid).as_bytes());
+        out.push(b',');
+    };
+    let number = |out: &mut Vec<u8>, n: i64| {
+        // Writing to a Vec cannot fail.
+        let _ = write!(out, "{n},");
+    };
+    let text = |out: &mut Vec<u8>, s: &str| {
+        csv_field(out, s);
+        out.push(b',');
+    };
+    number(out, *position);
+    number(out, *tx);
+    id(out, event_id);
+    text(out, stream_type);
+    id(out, stream_id);
+    number(out, *stream_version);
+    text(out, event_type);
+    number(out, i64::from(*schema_version));
+    scratch.clear();
+    serde_json::to_writer(&mut *scratch, payload).map_err(std::io::Error::from)?;
+    csv_bytes(out, scratch);
+    out.push(b',');
+    text(out, actor_sub);
+    text(out, actor_role);
+    id(out, command_id);
+    id(out, correlation_id);
+    match causation_id {
+        Some(c) => id(out, c),
+        None => out.push(b','),
+    }
+    // The time as serde writes it (RFC 3339 in UTC, `Z`), without the JSON quotes.
+    scratch.clear();
+    serde_json::to_writer(&mut *scratch, occurred_at).map_err(std::io::Error::from)?;
+    let time = scratch
+        .strip_prefix(b"\"")
+        .and_then(|t| t.strip_suffix(b"\""))
+        .unwrap_or(scratch);
+    csv_bytes(out, time);
+    out.extend_from_slice(b"\r\n");
     Ok(())
 }
 
@@ -167,6 +244,9 @@ pub async fn export_to<W: Write>(
         out.flush()?;
     }
     let mut cursor = after;
+    // One batch's bytes, and a field's: reused from batch to batch.
+    let mut chunk = Vec::with_capacity(EXPORT_BATCH as usize * 640);
+    let mut scratch = Vec::with_capacity(1024);
     let mut batches = std::pin::pin!(audit::export(
         pool.clone(),
         after,
@@ -179,9 +259,16 @@ pub async fn export_to<W: Write>(
         // the whole batch and reported its cursor, or none of it.
         let n = events.len() as u64;
         let last = events.last().map(|e| e.cursor()).unwrap_or(cursor);
-        let mut chunk = Vec::with_capacity(events.len() * 512);
+        chunk.clear();
         for e in events {
-            encode_event(&mut chunk, format, AuditEvent::from(e))?;
+            let event = AuditEvent::from(e);
+            match format {
+                Format::Ndjson => {
+                    serde_json::to_writer(&mut chunk, &event).map_err(std::io::Error::from)?;
+                    chunk.push(b'\n');
+                }
+                Format::Csv => csv_event(&mut chunk, &mut scratch, &event)?,
+            }
         }
         out.write_all(&chunk)?;
         out.flush()?;
@@ -206,6 +293,72 @@ mod tests {
             String::from_utf8(out).unwrap_or_default(),
             "plain,\"a,b\",\"say \"\"hi\"\"\",\"two\nlines\",,\"{\"\"k\"\":1}\"\r\n"
         );
+    }
+
+    /// The CSV row as first written: the event's JSON value, field by field.
+    fn csv_via_json_value(event: &AuditEvent) -> Vec<u8> {
+        let value = serde_json::to_value(event).unwrap_or_default();
+        let cells: Vec<String> = CSV_COLUMNS
+            .iter()
+            .map(|c| match &value[*c] {
+                serde_json::Value::Null => String::new(),
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            })
+            .collect();
+        let mut out = Vec::new();
+        csv_row(&mut out, cells.iter().map(String::as_str));
+        out
+    }
+
+    fn event(n: i64, nanos: u32, causation: bool, text: &str) -> AuditEvent {
+        let at = chrono::DateTime::from_timestamp(1_765_000_000 + n, nanos).unwrap_or_default();
+        AuditEvent {
+            position: n,
+            tx: 1000 + n,
+            event_id: uuid::Uuid::now_v7(),
+            stream_type: "wallet".into(),
+            stream_id: uuid::Uuid::now_v7(),
+            stream_version: n + 1,
+            event_type: "FundsDeposited".into(),
+            schema_version: 1,
+            payload: serde_json::json!({"amount": n, "memo": text, "z": [1, {"b": null}],
+                                        "a": {"nested": "\"q\", \\ \u{e9}\n"}}),
+            actor_sub: text.into(),
+            actor_role: "payments".into(),
+            command_id: uuid::Uuid::now_v7(),
+            correlation_id: uuid::Uuid::now_v7(),
+            causation_id: causation.then(uuid::Uuid::now_v7),
+            occurred_at: at,
+        }
+    }
+
+    #[test]
+    fn csv_rows_are_the_fields_of_the_json_form() {
+        let texts = [
+            "plain",
+            "a,b",
+            "say \"hi\"",
+            "two\nlines",
+            "cr\r",
+            "",
+            "\u{1F600}",
+        ];
+        let mut scratch = Vec::new();
+        for (i, text) in texts.iter().enumerate() {
+            for nanos in [0, 120_000_000, 123_456_000, 5_000] {
+                for causation in [false, true] {
+                    let e = event(i as i64, nanos, causation, text);
+                    let mut out = Vec::new();
+                    csv_event(&mut out, &mut scratch, &e).unwrap_or_default();
+                    assert_eq!(
+                        String::from_utf8_lossy(&out),
+                        String::from_utf8_lossy(&csv_via_json_value(&e)),
+                        "{text:?} {nanos} {causation}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

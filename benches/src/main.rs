@@ -5,6 +5,7 @@
 //! prints a table. The child is killed and the database dropped at the end, also on error or
 //! Ctrl-C. Run it through `deploy/bench.sh`; see docs/benchmarks.md.
 
+mod audit;
 mod read_side;
 mod telemetry;
 
@@ -45,6 +46,10 @@ enum Scenario {
     /// Telemetry from simulated devices over NATS JetStream, then over HTTP batches, each
     /// against a raw binary COPY of the same rows into a same-shaped table.
     Telemetry,
+    /// Load the rebuild's mix, then time `chronicle audit export` (NDJSON, CSV), the NDJSON
+    /// route and verify against a raw COPY of the same rows; the export's peak RSS at
+    /// --rss-events and at --events.
+    Audit,
 }
 
 /// Chronicle's benchmark: commands over HTTP against a raw PostgreSQL baseline.
@@ -75,10 +80,18 @@ struct Args {
     /// long-stream: server restarts for the cold first-command measurement.
     #[arg(long, default_value_t = 2)]
     restarts: usize,
-    /// rebuild: events to load into the log before rebuilding (at least this many).
+    /// rebuild, audit: events to load into the log before measuring (at least this many).
     #[arg(long, default_value_t = 1_000_000)]
     events: i64,
-    /// rebuild: customer accounts (each with one EUR wallet) the command mix runs between.
+    /// audit: the smaller log the export's peak RSS is also measured at (then loaded on up
+    /// to --events).
+    #[arg(long, default_value_t = 100_000)]
+    rss_events: i64,
+    /// audit: rounds of the measurements (each round runs every one once; medians reported).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// rebuild, audit: customer accounts (each with one EUR wallet) the command mix runs
+    /// between.
     #[arg(long, default_value_t = 2_000)]
     accounts: usize,
     /// lag: milliseconds between two probes (each one deposit, then polling its visibility).
@@ -1092,6 +1105,7 @@ async fn run(ctx: &Ctx, admin_url: &str) -> anyhow::Result<()> {
         Scenario::Rebuild => return read_side::run_rebuild(ctx, admin_url).await,
         Scenario::Lag => return read_side::run_lag(ctx, admin_url).await,
         Scenario::Telemetry => return telemetry::run_telemetry(ctx, admin_url).await,
+        Scenario::Audit => return audit::run_audit(ctx, admin_url).await,
         Scenario::Deposits | Scenario::LongStream | Scenario::All => {}
     }
     let mut server = ctx.start_server().await?;
@@ -1155,6 +1169,11 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     }
     if args.scenario == Scenario::Rebuild && (args.events < 1 || args.accounts < 2) {
         bail!("rebuild needs --events >= 1 and --accounts >= 2");
+    }
+    if args.scenario == Scenario::Audit
+        && (args.events < 1 || args.accounts < 2 || args.rss_events < 1 || args.rounds == 0)
+    {
+        bail!("audit needs --events >= 1, --accounts >= 2, --rss-events >= 1 and --rounds >= 1");
     }
     if args.scenario == Scenario::Telemetry
         && (args.devices < 2

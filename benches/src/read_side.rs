@@ -32,18 +32,18 @@ use uuid::Uuid;
 /// Mints HS256 tokens in-process with the server's secret and the claims `chronicle token`
 /// puts in (`sub`, `roles`, `exp`, `iat`), so that thousands of customers need no thousands of
 /// child processes.
-struct Minter {
+pub(crate) struct Minter {
     key: jsonwebtoken::EncodingKey,
 }
 
 impl Minter {
-    fn new(secret: &str) -> Self {
+    pub(crate) fn new(secret: &str) -> Self {
         Self {
             key: jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
         }
     }
 
-    fn mint(&self, sub: &str, roles: &[&str]) -> anyhow::Result<String> {
+    pub(crate) fn mint(&self, sub: &str, roles: &[&str]) -> anyhow::Result<String> {
         let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
         let claims = json!({"sub": sub, "roles": roles, "exp": now + 86_400, "iat": now});
         let header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
@@ -88,7 +88,7 @@ fn answer_id(v: &Value) -> Option<Uuid> {
     v.get("id")?.as_str()?.parse().ok()
 }
 
-async fn connect(url: &str, connections: u32) -> anyhow::Result<PgPool> {
+pub(crate) async fn connect(url: &str, connections: u32) -> anyhow::Result<PgPool> {
     PgPoolOptions::new()
         .max_connections(connections)
         .min_connections(1)
@@ -98,7 +98,7 @@ async fn connect(url: &str, connections: u32) -> anyhow::Result<PgPool> {
         .context("cannot connect to the benchmark database")
 }
 
-async fn count_events(pool: &PgPool) -> anyhow::Result<i64> {
+pub(crate) async fn count_events(pool: &PgPool) -> anyhow::Result<i64> {
     Ok(sqlx::query_scalar("SELECT count(*) FROM events")
         .fetch_one(pool)
         .await?)
@@ -108,30 +108,30 @@ async fn count_events(pool: &PgPool) -> anyhow::Result<i64> {
 // The command mix
 
 /// A customer of the mix: their account, token and EUR wallet.
-struct Person {
+pub(crate) struct Person {
     account: Uuid,
     token: String,
     wallet: Uuid,
 }
 
 /// What the load tasks share.
-struct Shared {
-    api: Api,
-    people: Vec<Person>,
-    payments: String,
-    admin: String,
-    arbiter: String,
-    run_id: String,
+pub(crate) struct Shared {
+    pub(crate) api: Api,
+    pub(crate) people: Vec<Person>,
+    pub(crate) payments: String,
+    pub(crate) admin: String,
+    pub(crate) arbiter: String,
+    pub(crate) run_id: String,
     /// Makes external references, serials and names unique.
-    seq: AtomicU64,
+    pub(crate) seq: AtomicU64,
     /// The highest `position` any answer carried.
-    max_position: AtomicI64,
-    stop: AtomicBool,
+    pub(crate) max_position: AtomicI64,
+    pub(crate) stop: AtomicBool,
 }
 
 impl Shared {
     /// The same, with `people` (and the counters carried over).
-    fn with_people(&self, people: Vec<Person>) -> Shared {
+    pub(crate) fn with_people(&self, people: Vec<Person>) -> Shared {
         Shared {
             api: self.api.clone(),
             people,
@@ -156,7 +156,7 @@ impl Shared {
 
 /// Answers of one kind of request.
 #[derive(Default)]
-struct Outcome {
+pub(crate) struct Outcome {
     ok: u64,
     failed: u64,
     first_error: Option<String>,
@@ -679,7 +679,7 @@ impl Driver {
     }
 }
 
-fn merge_outcomes(
+pub(crate) fn merge_outcomes(
     into: &mut BTreeMap<&'static str, Outcome>,
     from: BTreeMap<&'static str, Outcome>,
 ) {
@@ -694,7 +694,7 @@ fn merge_outcomes(
 }
 
 /// Opens `count` customers from `clients` tasks.
-async fn open_people(
+pub(crate) async fn open_people(
     shared: &Arc<Shared>,
     minter: &Arc<Minter>,
     count: usize,
@@ -725,7 +725,7 @@ async fn open_people(
 }
 
 /// Runs the mix from `clients` tasks until an answer carries a position >= `until_position`.
-async fn mix_round(
+pub(crate) async fn mix_round(
     shared: &Arc<Shared>,
     clients: usize,
     until_position: i64,
@@ -789,7 +789,7 @@ async fn mix_round(
     }
 }
 
-fn print_outcomes(outcomes: &BTreeMap<&'static str, Outcome>) {
+pub(crate) fn print_outcomes(outcomes: &BTreeMap<&'static str, Outcome>) {
     println!(
         "  {:<22} {:>10} {:>9}  first failure",
         "request", "ok", "failed"
@@ -1207,7 +1207,7 @@ async fn scan_log(pool: &PgPool) -> anyhow::Result<Duration> {
 
 /// Waits until every one of the log's `total` events is below the transaction horizon;
 /// returns how long that took.
-async fn wait_for_horizon(pool: &PgPool, total: i64) -> anyhow::Result<Duration> {
+pub(crate) async fn wait_for_horizon(pool: &PgPool, total: i64) -> anyhow::Result<Duration> {
     let start = Instant::now();
     let mut said = Instant::now();
     loop {
@@ -1366,15 +1366,15 @@ async fn insert_raw(
 }
 
 /// Timings of the hash chain over the bench's log.
-struct ChainFigures {
-    seal: Duration,
-    verify: Duration,
-    ok: bool,
-    copy: Duration,
-    copy_bytes: usize,
+pub(crate) struct ChainFigures {
+    pub(crate) seal: Duration,
+    pub(crate) verify: Duration,
+    pub(crate) ok: bool,
+    pub(crate) copy: Duration,
+    pub(crate) copy_bytes: usize,
 }
 
-async fn chain_figures(pool: &PgPool, total: i64) -> anyhow::Result<ChainFigures> {
+pub(crate) async fn chain_figures(pool: &PgPool, total: i64) -> anyhow::Result<ChainFigures> {
     use projections::chain::ChainProjector;
     let start = Instant::now();
     let mut sealer = projections::Worker::live(

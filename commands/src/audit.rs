@@ -6,7 +6,7 @@ use crate::repo::{decode, LoadError};
 use crate::store::StoreError;
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
-use futures::{Stream, TryStreamExt};
+use futures::{Stream, StreamExt, TryStreamExt};
 use schemas::log::{EventRow, EVENT_COLUMNS};
 use schemas::{Cursor, RecordedEvent};
 use sqlx::PgPool;
@@ -192,9 +192,59 @@ pub async fn cursor_from_text(
 
 /// Every event after `after` matching `filter` (at most `limit`, if given), as batches of at
 /// most `batch` events read one after another with keyset pagination: memory stays bounded
-/// by one batch however large the log. The export ends at the first batch that comes back
-/// short, i.e. at the log's horizon when it was read.
+/// by a few batches however large the log. The export ends at the first batch that comes
+/// back short, i.e. at the log's horizon when it was read.
+///
+/// The batches are read ahead of the consumer by [`EXPORT_READ_AHEAD`], on a task of their
+/// own (started at the first poll): while the consumer encodes and writes one batch, the
+/// next is read and decoded, so the database and the encoding overlap instead of waiting
+/// for each other. Dropping the stream stops the reading after the batch being read.
 pub fn export(
+    pool: PgPool,
+    after: Cursor,
+    filter: LogFilter,
+    limit: Option<i64>,
+    batch: i64,
+) -> impl Stream<Item = Result<Vec<RecordedEvent>, sqlx::Error>> + Send + 'static {
+    read_ahead(
+        export_batches(pool, after, filter, limit, batch),
+        EXPORT_READ_AHEAD,
+    )
+}
+
+/// How many batches of an export may wait, read, for the consumer (besides the one being
+/// read and the one being written).
+pub const EXPORT_READ_AHEAD: usize = 1;
+
+/// Drives `stream` on a task of its own, at most `ahead` items ahead of the consumer of the
+/// stream returned. The task is spawned at the first poll (so a Tokio runtime is needed only
+/// then) and stops at the end of `stream`, or once the stream returned is dropped, at the
+/// next item it would hand over.
+fn read_ahead<S>(stream: S, ahead: usize) -> impl Stream<Item = S::Item> + Send + 'static
+where
+    S: Stream + Send + 'static,
+    S::Item: Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(ahead.max(1));
+    let producer = async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(item) = stream.next().await {
+            if tx.send(item).await.is_err() {
+                return;
+            }
+        }
+    };
+    futures::stream::unfold((rx, Some(producer)), |(mut rx, producer)| async move {
+        if let Some(producer) = producer {
+            tokio::spawn(producer);
+        }
+        let item = rx.recv().await?;
+        Some((item, (rx, None)))
+    })
+}
+
+/// The batches of [`export`], read when polled.
+fn export_batches(
     pool: PgPool,
     after: Cursor,
     filter: LogFilter,

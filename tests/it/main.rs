@@ -4,7 +4,9 @@
 mod support;
 
 mod audit;
+mod audit_asof;
 mod audit_export;
+mod audit_memory;
 mod bad_input;
 mod chain;
 mod concurrency;
