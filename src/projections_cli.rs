@@ -171,6 +171,7 @@ pub async fn rebuild_cmd(pool: &PgPool, name: &str) -> anyhow::Result<()> {
         projectors.len(),
         read as f64 / secs.max(1e-9)
     );
+    let mut parked_in_all = 0;
     for projector in projectors {
         let pname = projector.name();
         let at = rebuild::swap(&pool, projector.clone())
@@ -181,8 +182,27 @@ pub async fn rebuild_cmd(pool: &PgPool, name: &str) -> anyhow::Result<()> {
             "{pname}: took in {took} events of its streams, live at position {}",
             at.position
         );
+        // Events that failed to apply (an event this build cannot decode, say) are parked,
+        // with the later events of their streams: the rebuilt read model lacks them.
+        let parked: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM projection_parked WHERE projector = $1")
+                .bind(pname)
+                .fetch_one(&pool)
+                .await?;
+        if parked > 0 {
+            eprintln!(
+                "{pname}: {parked} events are parked (each failed to apply, or follows one \
+                 that did in its stream) and missing from the read model: see \
+                 `chronicle projections status` and the projection_parked table; after a \
+                 fix, `chronicle projections retry {pname}`"
+            );
+            parked_in_all += parked;
+        }
     }
     pool.close().await;
+    if parked_in_all > 0 {
+        anyhow::bail!("the rebuilt read models are live, but {parked_in_all} events are parked");
+    }
     Ok(())
 }
 

@@ -37,7 +37,7 @@ pub enum KycStatus {
 }
 
 /// Profile preferences an owner may set.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Preferences {
     /// Opt in to a public pot created 30 days before each birthday.
@@ -73,7 +73,7 @@ pub struct Account {
 }
 
 /// What an account still holds, checked by CloseAccount (resolved by the command layer).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, schemars::JsonSchema)]
 pub struct Obligations {
     /// Owned wallets with a non-zero balance or holds.
     pub non_empty_wallets: u32,
@@ -84,7 +84,7 @@ pub struct Obligations {
 }
 
 /// What an account can be asked to do.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, schemars::JsonSchema)]
 pub enum AccountCommand {
     /// OpenAccount (subject and e-mail uniqueness are checked by the caller).
     Open {
@@ -139,7 +139,7 @@ pub enum AccountCommand {
 }
 
 /// What happened to an account. Stored names are the variant names, schema version 1.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "type", deny_unknown_fields)]
 pub enum AccountEvent {
     /// The account was opened.

@@ -150,7 +150,7 @@ impl FirmwareUpdate {
 }
 
 /// How a device reports a firmware update went.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum FirmwareOutcome {
     /// The target version is installed and running.
@@ -192,7 +192,7 @@ impl Device {
 }
 
 /// What a device can be asked to do. Facts from outside (the clock) come with the command.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, schemars::JsonSchema)]
 pub enum DeviceCommand {
     /// RegisterDevice (serial uniqueness and the owner's activity are checked by the caller).
     Register {
@@ -255,7 +255,7 @@ pub enum DeviceCommand {
 }
 
 /// What happened to a device. Stored names are the variant names, schema version 1.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "type", deny_unknown_fields)]
 pub enum DeviceEvent {
     /// The device was registered.

@@ -38,7 +38,7 @@ impl EscrowStatus {
 }
 
 /// Who acts on an escrow.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Party {
     /// The buyer, who pays.
@@ -98,7 +98,7 @@ impl Escrow {
 }
 
 /// What an escrow can be asked to do. Facts from other aggregates come with the command.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, schemars::JsonSchema)]
 pub enum EscrowCommand {
     /// OpenEscrow (the buyer wallet's owner and currency are checked by the caller).
     Open {
@@ -162,7 +162,7 @@ pub enum EscrowCommand {
 }
 
 /// What happened to an escrow. Stored names are the variant names, schema version 1.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "type", deny_unknown_fields)]
 pub enum EscrowEvent {
     /// The escrow was opened.

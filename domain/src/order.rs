@@ -41,7 +41,7 @@ pub enum OrderStatus {
 }
 
 /// Who cancelled an order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CancelledBy {
     /// The buyer, before payment.
@@ -53,7 +53,7 @@ pub enum CancelledBy {
 }
 
 /// One line of an order.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OrderLine {
     /// The seller's stock-keeping unit, 1-64 characters.
@@ -173,7 +173,7 @@ impl Order {
 }
 
 /// What an order can be asked to do. Facts from other aggregates come with the command.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, schemars::JsonSchema)]
 pub enum OrderCommand {
     /// PlaceOrder (the buyer's activity is checked by the caller).
     Place {
@@ -227,7 +227,7 @@ pub enum OrderCommand {
 }
 
 /// What happened to an order. Stored names are the variant names, schema version 1.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "type", deny_unknown_fields)]
 pub enum OrderEvent {
     /// The order was placed.

@@ -31,7 +31,9 @@ pub fn message(field: &'static str, value: &str) -> Result<String, InvalidInput>
 }
 
 /// Who may see and contribute to a pot.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Visibility {
     /// Any active account may contribute.
@@ -167,7 +169,7 @@ impl Pot {
 
 /// What a pot can be asked to do. Facts from outside (the clock, who is asking, the
 /// beneficiary's KYC) come with the command.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, schemars::JsonSchema)]
 pub enum PotCommand {
     /// CreatePot (the owner's activity and the one-open-pot-per-beneficiary-and-date rule are
     /// checked by the caller).
@@ -239,7 +241,7 @@ pub enum PotCommand {
 }
 
 /// What happened to a pot. Stored names are the variant names, schema version 1.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "type", deny_unknown_fields)]
 pub enum PotEvent {
     /// The pot was created and is open.

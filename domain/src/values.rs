@@ -27,8 +27,21 @@ impl InvalidInput {
 }
 
 /// A positive amount of minor units, `0 < amount <= 10^15`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
 #[serde(try_from = "i64", into = "i64")]
+#[schemars(extend("minimum" = 1, "maximum" = 1_000_000_000_000_000_i64))]
 pub struct Amount(i64);
 
 impl Amount {
@@ -228,8 +241,11 @@ const CURRENCIES: &[(&str, u32)] = &[
 ];
 
 /// An ISO 4217 currency code (three upper-case letters of an active currency).
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(try_from = "String", into = "String")]
+#[schemars(extend("pattern" = "^[A-Z]{3}$"))]
 pub struct Currency([u8; 3]);
 
 impl Currency {

@@ -53,7 +53,7 @@ impl Wallet {
 }
 
 /// What a wallet can be asked to do. Facts from other aggregates come with the command.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, schemars::JsonSchema)]
 pub enum WalletCommand {
     /// OpenWallet (the owner's activity and the one-per-currency rule are checked by the caller).
     Open {
@@ -137,7 +137,7 @@ pub enum WalletCommand {
 }
 
 /// What happened to a wallet. Stored names are the variant names, schema version 1.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "type", deny_unknown_fields)]
 pub enum WalletEvent {
     /// The wallet was opened.
@@ -218,7 +218,7 @@ pub enum WalletEvent {
 }
 
 /// Why money moves between a wallet and another aggregate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum MoneyReason {
     /// A buyer pays an order directly (debit), a seller receives it (credit).

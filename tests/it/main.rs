@@ -25,5 +25,6 @@ mod projectors;
 mod queries_commerce;
 mod queries_money;
 mod rules_over_http;
+mod schema_evolution;
 mod state_machine;
 mod telemetry;
