@@ -11,7 +11,7 @@ use crate::store::{
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use schemas::log::{EventRow, EVENT_COLUMNS};
-use schemas::{Cursor, RecordedEvent};
+use schemas::{personal, Cursor, RecordedEvent};
 use sqlx::PgPool;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -373,9 +373,52 @@ async fn insert(
     Ok(rows.into_iter().map(|(s, v, p)| ((s, v), p)).collect())
 }
 
+/// Seals the personal fields of a request's events and snapshots (nothing to do, and no
+/// round trip, for a request that carries none).
+async fn seal(pool: &PgPool, request: &mut AppendRequest) -> Result<(), AppendError> {
+    let AppendRequest {
+        streams, snapshots, ..
+    } = request;
+    let mut to_seal: Vec<personal::ToSeal<'_>> = streams
+        .iter_mut()
+        .map(|s| personal::ToSeal {
+            stream_type: s.stream_type,
+            stream_id: s.stream_id,
+            events: &mut s.events,
+            snapshots: Vec::new(),
+        })
+        .collect();
+    for snap in snapshots.iter_mut() {
+        match to_seal.iter_mut().find(|t| t.stream_id == snap.stream_id) {
+            Some(t) => t.snapshots.push(&mut snap.state),
+            None => to_seal.push(personal::ToSeal {
+                stream_type: snap.stream_type,
+                stream_id: snap.stream_id,
+                events: &mut [],
+                snapshots: vec![&mut snap.state],
+            }),
+        }
+    }
+    personal::seal_request(pool, &mut to_seal)
+        .await
+        .map_err(|e| AppendError::Store(StoreError(e)))
+}
+
+/// Opens the sealed personal fields of events read from the log.
+async fn open(
+    pool: &PgPool,
+    mut events: Vec<RecordedEvent>,
+) -> Result<Vec<RecordedEvent>, StoreError> {
+    personal::open(pool, &mut events)
+        .await
+        .map_err(|e| StoreError(e.into()))?;
+    Ok(events)
+}
+
 #[async_trait]
 impl EventStore for PgEventStore {
-    async fn append(&self, request: AppendRequest) -> Result<Appended, AppendError> {
+    async fn append(&self, mut request: AppendRequest) -> Result<Appended, AppendError> {
+        seal(&self.pool, &mut request).await?;
         let (reply, rx) = oneshot::channel();
         if self.queue.send(Pending { request, reply }).await.is_err() {
             return Err(AppendError::Store(StoreError(sqlx::Error::PoolClosed)));
@@ -398,7 +441,7 @@ impl EventStore for PgEventStore {
             .bind(after_version)
             .fetch_all(&self.pool)
             .await?;
-        Ok(rows.into_iter().map(Into::into).collect())
+        open(&self.pool, rows.into_iter().map(Into::into).collect()).await
     }
 
     async fn load_until(
@@ -415,23 +458,31 @@ impl EventStore for PgEventStore {
             .bind(up_to)
             .fetch_all(&self.pool)
             .await?;
-        Ok(rows.into_iter().map(Into::into).collect())
+        open(&self.pool, rows.into_iter().map(Into::into).collect()).await
     }
 
     async fn load_snapshot(
         &self,
         stream_id: Uuid,
     ) -> Result<Option<(i64, serde_json::Value)>, StoreError> {
-        Ok(
-            sqlx::query_as("SELECT version, state FROM snapshots WHERE stream_id = $1")
-                .bind(stream_id)
-                .fetch_optional(&self.pool)
-                .await?,
+        let row: Option<(i64, String, serde_json::Value)> = sqlx::query_as(
+            "SELECT version, stream_type, state FROM snapshots WHERE stream_id = $1",
         )
+        .bind(stream_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some((version, stream_type, mut state)) = row else {
+            return Ok(None);
+        };
+        personal::open_snapshot(&self.pool, &stream_type, stream_id, &mut state)
+            .await
+            .map_err(|e| StoreError(e.into()))?;
+        Ok(Some((version, state)))
     }
 
     async fn read_all(&self, after: Cursor, limit: i64) -> Result<Vec<RecordedEvent>, StoreError> {
-        Ok(schemas::log::read_all(&self.pool, after, limit).await?)
+        let events = schemas::log::read_all(&self.pool, after, limit).await?;
+        open(&self.pool, events).await
     }
 
     async fn claim(&self, scope: &str, key: &str) -> Result<Option<ClaimRecord>, StoreError> {

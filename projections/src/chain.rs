@@ -94,6 +94,12 @@ impl Projector for ChainProjector {
         NAME
     }
 
+    /// The chain links the events as stored: sealed personal fields stay sealed, so erasing
+    /// a key changes nothing the chain covers.
+    fn takes_sealed(&self) -> bool {
+        true
+    }
+
     fn tables(&self) -> &'static [&'static str] {
         &["event_chain"]
     }

@@ -129,6 +129,10 @@ impl Projector for FanoutProjector {
         Ok(())
     }
 
+    fn takes_sealed(&self) -> bool {
+        true
+    }
+
     async fn deliver(&self, events: &[RecordedEvent]) -> Result<(), String> {
         let mut in_flight: VecDeque<(i64, PublishAckFuture)> = VecDeque::new();
         let mut published = 0u64;

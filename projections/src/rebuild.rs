@@ -83,9 +83,14 @@ pub const SHARED_READ_BATCH: i64 = 10_000;
 /// Batches read ahead of the slowest projector by [`build_all`].
 const READ_AHEAD: usize = 6;
 
+/// A projector takes at least this many of its events in one transaction (fewer only at the
+/// end of the log): each aggregate row it keeps is written once per transaction, however
+/// many events touched it, and commits are few.
+const TAKE_AT_LEAST: usize = 50_000;
+
 /// A projector behind the reader takes the batches waiting for it together, up to this many
 /// of its events in one transaction.
-const COALESCE_UP_TO: usize = 40_000;
+const COALESCE_UP_TO: usize = 100_000;
 
 /// Replays the log into the shadow tables of several projectors at once (a `rebuild all`):
 /// one reader reads and decodes the log once, in commit order, and hands each projector the
@@ -120,15 +125,21 @@ pub async fn build_all(
         let progress = progress.clone();
         appliers.spawn(async move {
             while let Some((mut events, mut end)) = receive.recv().await {
-                // A projector behind the reader takes the batches waiting for it in one
-                // transaction: fewer commits, and each row it keeps is written once for all.
+                // Batches are taken together, as many as are waiting up to COALESCE_UP_TO and
+                // at least TAKE_AT_LEAST events: fewer commits, and each row the projector
+                // keeps is written once for all of them.
                 while events.len() < COALESCE_UP_TO {
-                    match receive.try_recv() {
-                        Ok((more, reached)) => {
+                    let next = if events.len() < TAKE_AT_LEAST {
+                        receive.recv().await
+                    } else {
+                        receive.try_recv().ok()
+                    };
+                    match next {
+                        Some((more, reached)) => {
                             events.extend(more);
                             end = reached;
                         }
-                        Err(_) => break,
+                        None => break,
                     }
                 }
                 if let Step::Took(n) = worker.feed(&events, end).await? {
@@ -154,7 +165,8 @@ pub async fn build_all(
     let reader = async {
         let mut cursor = start;
         loop {
-            let events = schemas::log::read_all(pool, cursor, SHARED_READ_BATCH).await?;
+            let mut events = schemas::log::read_all(pool, cursor, SHARED_READ_BATCH).await?;
+            schemas::personal::open(pool, &mut events).await?;
             let Some(end) = events.last().map(RecordedEvent::cursor) else {
                 match head {
                     Some(h) if cursor < h => {
@@ -260,8 +272,7 @@ pub async fn swap(pool: &PgPool, projector: Arc<dyn Projector>) -> Result<Cursor
     let mut cursor = worker.cursor();
     loop {
         let (events, end) =
-            schemas::log::read_types(&mut tx, cursor, REBUILD_BATCH, projector.stream_types())
-                .await?;
+            crate::runtime::read_for(&mut tx, cursor, REBUILD_BATCH, projector.as_ref()).await?;
         if events.is_empty() && end <= cursor {
             break;
         }

@@ -101,6 +101,28 @@ pub trait Projector: Send + Sync + 'static {
     async fn deliver(&self, _events: &[RecordedEvent]) -> Result<(), String> {
         Ok(())
     }
+
+    /// Whether it takes events as stored, personal fields sealed (the fan-out: personal data
+    /// never leaves the database in the clear), rather than opened. By default, opened.
+    fn takes_sealed(&self) -> bool {
+        false
+    }
+}
+
+/// Up to `limit` events of `projector`'s stream types after `after` (see
+/// [`schemas::log::read_types`]), personal fields opened unless it takes them sealed.
+pub(crate) async fn read_for(
+    conn: &mut PgConnection,
+    after: Cursor,
+    limit: i64,
+    projector: &dyn Projector,
+) -> Result<(Vec<RecordedEvent>, Cursor), sqlx::Error> {
+    let (mut events, end) =
+        schemas::log::read_types(&mut *conn, after, limit, projector.stream_types()).await?;
+    if !projector.takes_sealed() {
+        schemas::personal::open(&mut *conn, &mut events).await?;
+    }
+    Ok((events, end))
 }
 
 /// How a worker reads and retries.
@@ -243,11 +265,11 @@ impl Worker {
         }
         if events.len() as i64 >= self.config.batch {
             let pool = self.pool.clone();
-            let types = self.projector.stream_types();
+            let projector = self.projector.clone();
             let batch = self.config.batch;
             let handle = tokio::spawn(async move {
                 let mut conn = pool.acquire().await?;
-                schemas::log::read_types(&mut conn, end, batch, types).await
+                read_for(&mut conn, end, batch, projector.as_ref()).await
             });
             self.prefetched = Some((end, handle));
         }
@@ -281,13 +303,7 @@ impl Worker {
 
     async fn read(&self, after: Cursor) -> Result<(Vec<RecordedEvent>, Cursor), sqlx::Error> {
         let mut conn = self.pool.acquire().await?;
-        schemas::log::read_types(
-            &mut conn,
-            after,
-            self.config.batch,
-            self.projector.stream_types(),
-        )
-        .await
+        read_for(&mut conn, after, self.config.batch, self.projector.as_ref()).await
     }
 
     /// Steps until the worker has taken in every event committed when it was called;

@@ -274,16 +274,6 @@ fn legacy() -> Vec<(&'static str, i32, Value, &'static str)> {
     )]
 }
 
-/// Fields stored sealed from a schema version on (see `crate::personal`): the stored value
-/// is `sealed:v1:<base64>` rather than the domain's form (readers open it before decoding).
-/// (event type, first sealed version, fields).
-const SEALED: &[(&str, i32, &[&str])] = &[
-    ("AccountOpened", 2, &["email", "display_name", "birth_date"]),
-    ("ProfileUpdated", 2, &["display_name"]),
-    ("KycSubmitted", 2, &["document_ref"]),
-    ("ContributionReceived", 2, &["message"]),
-];
-
 /// The schema of a sealed field: the sealed text, or the field's own form (in the clear, as
 /// readers see it once opened, or as erased).
 fn sealed(field: &Value) -> Value {
@@ -309,13 +299,18 @@ fn sealed(field: &Value) -> Value {
 
 /// The stored form of `event_type` version `version`: the sealed fields' schemas replaced.
 fn stored_form(event_type: &str, version: i32, mut schema: Value) -> Value {
-    for (name, from, fields) in SEALED {
-        if *name != event_type || version < *from {
+    // Fields stored sealed from crate::personal::SEALED_VERSION on: the stored value is
+    // `sealed:v1:<base64>` rather than the domain's form (readers open it before decoding).
+    if version < crate::personal::SEALED_VERSION {
+        return schema;
+    }
+    for (name, fields) in crate::personal::sealed_event_fields() {
+        if name != event_type {
             continue;
         }
         if let Some(props) = schema.get_mut("properties").and_then(Value::as_object_mut) {
-            for field in *fields {
-                if let Some(p) = props.get_mut(*field) {
+            for field in fields {
+                if let Some(p) = props.get_mut(field) {
                     *p = sealed(p);
                 }
             }

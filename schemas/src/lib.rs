@@ -9,6 +9,7 @@ use uuid::Uuid;
 
 pub mod json;
 pub mod log;
+pub mod personal;
 pub mod registry;
 pub mod upcast;
 
@@ -107,6 +108,11 @@ impl RecordedEvent {
     /// type, version and position. Nothing is ever skipped.
     pub fn decode<E: serde::de::DeserializeOwned>(&self) -> Result<E, DecodeError> {
         let failed = |problem| DecodeError::new(self, problem);
+        if self.schema_version >= personal::SEALED_VERSION
+            && personal::still_sealed(&self.stream_type, &self.event_type, &self.payload)
+        {
+            return Err(failed(DecodeProblem::Sealed));
+        }
         match registry::plan(&self.event_type, self.schema_version) {
             Ok(registry::Plan::AsIs) => decode_payload(&self.event_type, &self.payload)
                 .map_err(|e| failed(DecodeProblem::Payload(e))),
@@ -173,6 +179,9 @@ pub enum DecodeProblem {
     },
     /// The (upcast) payload does not fit the domain event.
     Payload(serde_json::Error),
+    /// Its personal fields are still sealed: the reader did not open them
+    /// ([`personal::open`]) before decoding.
+    Sealed,
 }
 
 impl DecodeError {
@@ -201,6 +210,10 @@ impl std::fmt::Display for DecodeError {
                 write!(f, "the upcaster from version {from} refused it: {reason}")
             }
             DecodeProblem::Payload(e) => write!(f, "the payload does not decode: {e}"),
+            DecodeProblem::Sealed => write!(
+                f,
+                "its personal fields are sealed: read it through schemas::personal::open"
+            ),
         }
     }
 }
@@ -250,6 +263,26 @@ mod tests {
                 occurred_at: chrono::DateTime::UNIX_EPOCH,
             },
         }
+    }
+
+    #[test]
+    fn a_sealed_event_that_was_not_opened_does_not_decode() {
+        use domain::account::AccountEvent;
+        let mut e = event(
+            "AccountOpened",
+            personal::SEALED_VERSION,
+            serde_json::json!({"account_id": Uuid::nil(), "subject": "s",
+                               "email": "sealed:v1:AAAA", "display_name": "sealed:v1:BBBB",
+                               "birth_date": null, "country": null}),
+        );
+        e.stream_type = "account".into();
+        let err = e.decode::<AccountEvent>().expect_err("refused");
+        assert!(matches!(err.problem, DecodeProblem::Sealed), "{err}");
+        assert!(err.to_string().contains("personal::open"), "{err}");
+        // Opened (or erased) fields decode.
+        e.payload["email"] = serde_json::json!("a@b.c");
+        e.payload["display_name"] = serde_json::json!(personal::ERASED);
+        assert!(e.decode::<AccountEvent>().is_ok());
     }
 
     #[test]

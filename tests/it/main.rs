@@ -12,6 +12,7 @@ mod chain;
 mod concurrency;
 mod deadlines;
 mod devices;
+mod erasure;
 mod escrows;
 mod event_store;
 mod fanout;

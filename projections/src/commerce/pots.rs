@@ -126,7 +126,8 @@ impl Projector for PotsProjector {
     }
 
     fn stream_types(&self) -> &'static [&'static str] {
-        &["pot"]
+        // Accounts for one event: a contributor's erased personal data erases the messages.
+        &["pot", "account"]
     }
 
     async fn apply(
@@ -134,6 +135,46 @@ impl Projector for PotsProjector {
         conn: &mut PgConnection,
         events: &[RecordedEvent],
     ) -> Result<(), ApplyError> {
+        if events.iter().all(|e| e.stream_type == "pot") {
+            return self.apply_pots(conn, events).await;
+        }
+        let pots: Vec<RecordedEvent> = events
+            .iter()
+            .filter(|e| e.stream_type == "pot")
+            .cloned()
+            .collect();
+        self.apply_pots(conn, &pots).await?;
+        // A contributor's erasure comes after every contribution it made (an erased account
+        // is closed and contributes nothing more), so erasing after the batch's pot events
+        // is the log's order.
+        let erased: Vec<Uuid> = events
+            .iter()
+            .filter(|e| e.stream_type == "account" && e.event_type == "PersonalDataErased")
+            .map(|e| e.stream_id)
+            .collect();
+        if !erased.is_empty() {
+            sqlx::query(
+                "UPDATE pot_contributions SET message = $2 \
+                 WHERE contributor = ANY($1) AND message IS NOT NULL",
+            )
+            .bind(&erased)
+            .bind(schemas::personal::ERASED)
+            .execute(&mut *conn)
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+impl PotsProjector {
+    async fn apply_pots(
+        &self,
+        conn: &mut PgConnection,
+        events: &[RecordedEvent],
+    ) -> Result<(), ApplyError> {
+        if events.is_empty() {
+            return Ok(());
+        }
         let decoded = decode_all::<PotEvent>(events)?;
         let to_load = ids_to_load(events);
         let loaded = load_rows::<PotRow>(conn, "pots", &to_load).await?;
