@@ -324,30 +324,43 @@ fn gone(g: Gone) -> Value {
     }
 }
 
-/// Seals the personal fields of `object` in place (null fields stay null). An erased
-/// account's fields are stored as erased.
-fn seal_object(rule: &Rule, stream_id: Uuid, object: &mut Value, keys: &Keys) {
+/// Calls `f` with each personal field present in `object` under `rule`: the account whose key
+/// seals it, the field's name, what it reads as once erased, and the value.
+fn each_field(
+    rule: &Rule,
+    stream_id: Uuid,
+    object: &mut Value,
+    mut f: impl FnMut(Uuid, &'static str, Gone, &mut Value) -> Result<(), OpenError>,
+) -> Result<(), OpenError> {
     for target in targets_mut(rule, object) {
         let Some(account) = key_account(rule.key, stream_id, target) else {
             continue;
         };
-        let key = keys.get(account);
         let Some(fields) = target.as_object_mut() else {
             continue;
         };
         for (field, g) in rule.fields {
-            let Some(value) = fields.get_mut(*field) else {
-                continue;
-            };
-            if value.is_null() {
-                continue;
+            if let Some(value) = fields.get_mut(*field) {
+                f(account, field, *g, value)?;
             }
-            *value = match key {
-                Some(key) => seal_value(key, account, field, value),
-                None => gone(*g),
-            };
         }
     }
+    Ok(())
+}
+
+/// Seals the personal fields of `object` in place (null fields stay null). An erased
+/// account's fields are stored as erased.
+fn seal_object(rule: &Rule, stream_id: Uuid, object: &mut Value, keys: &Keys) {
+    let sealed = each_field(rule, stream_id, object, |account, field, g, value| {
+        if !value.is_null() {
+            *value = match keys.get(account) {
+                Some(key) => seal_value(key, account, field, value),
+                None => gone(g),
+            };
+        }
+        Ok(())
+    });
+    debug_assert!(sealed.is_ok(), "sealing never fails");
 }
 
 /// Opens the sealed fields of `object` in place: the value, or the erased form once the key
@@ -359,34 +372,22 @@ fn open_object(
     object: &mut Value,
     keys: &Keys,
 ) -> Result<(), OpenError> {
-    for target in targets_mut(rule, object) {
-        let Some(account) = key_account(rule.key, stream_id, target) else {
-            continue;
+    each_field(rule, stream_id, object, |account, field, g, value| {
+        let Some(sealed) = value.as_str().and_then(|s| s.strip_prefix(PREFIX)) else {
+            return Ok(());
         };
-        let key = keys.get(account);
-        let Some(fields) = target.as_object_mut() else {
-            continue;
+        *value = match keys.get(account) {
+            None => gone(g),
+            Some(key) => {
+                open_value(key, account, field, sealed).map_err(|reason| OpenError::Corrupt {
+                    position,
+                    field: field.to_owned(),
+                    reason,
+                })?
+            }
         };
-        for (field, g) in rule.fields {
-            let Some(value) = fields.get_mut(*field) else {
-                continue;
-            };
-            let Some(sealed) = value.as_str().and_then(|s| s.strip_prefix(PREFIX)) else {
-                continue;
-            };
-            *value = match key {
-                None => gone(*g),
-                Some(key) => open_value(key, account, field, sealed).map_err(|reason| {
-                    OpenError::Corrupt {
-                        position,
-                        field: (*field).to_owned(),
-                        reason,
-                    }
-                })?,
-            };
-        }
-    }
-    Ok(())
+        Ok(())
+    })
 }
 
 /// A stream's events and snapshot, about to be appended: seals what is personal.

@@ -71,6 +71,17 @@ async fn rows_containing(pool: &PgPool, needles: &[&str]) -> Vec<String> {
     found
 }
 
+async fn erase(app: &TestApp, account: Uuid, admin: &str) -> crate::support::Answer {
+    app.send(
+        Method::DELETE,
+        &format!("/v1/accounts/{account}/personal-data"),
+        Some(admin),
+        None,
+        &[],
+    )
+    .await
+}
+
 fn contains_any(v: &Value, needles: &[&str]) -> Option<String> {
     let text = v.to_string();
     needles
@@ -237,15 +248,7 @@ async fn erased_personal_data_cannot_be_read_anywhere_and_money_replay_and_chain
             .expect("balances");
     let stats_before = app.get("/v1/stats", &admin).await.body;
 
-    let erased = app
-        .send(
-            Method::DELETE,
-            &format!("/v1/accounts/{erin}/personal-data"),
-            Some(&admin),
-            None,
-            &[],
-        )
-        .await;
+    let erased = erase(&app, erin, &admin).await;
     assert_eq!(erased.status, StatusCode::OK, "{:?}", erased.body);
     let (key, erased_at): (Option<Vec<u8>>, Option<chrono::DateTime<chrono::Utc>>) =
         sqlx::query_as("SELECT key, erased_at FROM personal_data_keys WHERE account_id = $1")
@@ -345,15 +348,7 @@ async fn erased_personal_data_cannot_be_read_anywhere_and_money_replay_and_chain
     let report = verify(&mut conn, |_| {}).await.expect("verify");
     assert!(report.ok, "the chain verifies after erasure: {report:?}");
     // Replay of the erased account (a command loads it): a clear refusal, not a failure.
-    let again = app
-        .send(
-            Method::DELETE,
-            &format!("/v1/accounts/{erin}/personal-data"),
-            Some(&admin),
-            None,
-            &[],
-        )
-        .await;
+    let again = erase(&app, erin, &admin).await;
     assert_eq!(
         again.status,
         StatusCode::UNPROCESSABLE_ENTITY,
