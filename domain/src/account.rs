@@ -138,7 +138,8 @@ pub enum AccountCommand {
     ErasePersonalData,
 }
 
-/// What happened to an account. Stored names are the variant names, schema version 1.
+/// What happened to an account. Stored names are the variant names; the stored versions are
+/// in `schemas::registry` (the events with personal fields are stored sealed, version 2).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "type", deny_unknown_fields)]
 pub enum AccountEvent {

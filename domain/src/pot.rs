@@ -240,7 +240,8 @@ pub enum PotCommand {
     },
 }
 
-/// What happened to a pot. Stored names are the variant names, schema version 1.
+/// What happened to a pot. Stored names are the variant names; the stored versions are in
+/// `schemas::registry` (`ContributionReceived` is stored with its message sealed, version 2).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "type", deny_unknown_fields)]
 pub enum PotEvent {
