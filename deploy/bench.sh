@@ -6,6 +6,7 @@
 #   deploy/bench.sh lag [--duration 30] [--concurrency 32] [--probe-interval-ms 20]
 #   deploy/bench.sh telemetry [--duration 30] [--devices 1000] [--publishers 4] [--in-flight 512]
 #                             [--nats-rate 0] [--http-clients 4] [--copy-rows 10000] [...]
+#   deploy/bench.sh audit [--events 1000000] [--rss-events 100000] [--rounds 3] [--accounts 2000]
 #   deploy/bench.sh --help
 #
 # rebuild: loads a mix of commands over HTTP (server with --roles api), then rebuilds every
@@ -16,6 +17,11 @@
 # stream, subjects and consumer of its own (deleted at the end); simulated devices publish
 # readings over NATS, then post batches over HTTP; each path against a raw binary COPY of the
 # same rows.
+# audit: loads the rebuild's mix (server with --roles api), then times `chronicle audit export`
+# (NDJSON and CSV, the release binary as a child process, its peak RSS read from /proc at
+# --rss-events and at --events), the NDJSON route GET /v1/audit/events and verify, each against
+# a raw COPY (SELECT <the same columns> FROM events ORDER BY tx, position) TO STDOUT of the same
+# rows in the same run.
 #
 # Builds the release binaries, then runs target/release/chronicle-bench, which creates a fresh
 # database chronicle_bench_<random> on BENCH_DATABASE_URL (default
