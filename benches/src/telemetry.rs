@@ -11,13 +11,16 @@
 //!    publish one reading per message to `<prefix>.<device_id>` for `--duration` seconds,
 //!    keeping `--in-flight` publishes unacknowledged; then the bench waits until the consumer
 //!    has nothing pending or unacknowledged (the workers acknowledge after the commit). One more
-//!    device is the probe: one reading every 10 ms, polled for in `telemetry_seen` every 5 ms.
+//!    device is the probe: one reading every 10 ms, polled for in `telemetry` every 5 ms.
 //! 4. HTTP: `--http-clients` clients post batches of 1,000 readings of one device (its
 //!    credential) for `--duration` seconds; the 202's `accepted` counts.
 //! 5. After each path, the rows it stored are copied out of `telemetry` (binary, untimed)
 //!    and COPYed back, timed, into `bench_raw_telemetry` (`LIKE telemetry INCLUDING ALL`,
-//!    partitioned by day like it), `--copy-rows` rows per COPY statement, on
-//!    `--raw-connections` connections.
+//!    partitioned by day like it, each day with the same `(device_id, seq)` unique index),
+//!    `--copy-rows` rows per COPY statement, on `--raw-connections` connections.
+//! 6. During each path, the rollup queue is sampled every 100 ms (the age of the oldest
+//!    queued delta: how far the rollups are behind), and after it the bench waits until the
+//!    rollup worker has applied every delta.
 
 use crate::{
     cpu_line, cpu_sample, cpu_share, describe_setup, http_client, proc_ticks, stats_header,
@@ -25,7 +28,7 @@ use crate::{
 };
 use anyhow::{anyhow, bail, Context};
 use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use serde_json::{json, Value};
 use sqlx::{Connection, PgConnection};
 use std::collections::{BTreeMap, VecDeque};
@@ -282,6 +285,102 @@ fn print_cpu_wal(s: &Stats, rows: i64, nats: Option<f64>) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Rollups: how far behind the raw readings the rollup worker is
+
+/// The rollup queue during a phase and after it.
+struct RollupReport {
+    /// Age of the oldest queued delta, sampled every 100 ms (as latencies, microseconds).
+    lag: Stats,
+    /// The most readings waiting in the queue at a sample.
+    max_queued: i64,
+    /// From the end of the phase (the last reading committed) until the queue was empty.
+    caught_up_after: Duration,
+}
+
+/// Samples the rollup queue every 100 ms until `stop` turns true.
+async fn rollup_sampler(
+    db_url: String,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<(Stats, i64)> {
+    let mut c = PgConnection::connect(&db_url).await?;
+    let mut lag = Stats::new("rollup lag");
+    let mut max_queued = 0i64;
+    let start = Instant::now();
+    while !*stop.borrow() {
+        let (age_ms, queued): (f64, i64) = sqlx::query_as(
+            "SELECT coalesce(extract(epoch FROM clock_timestamp() - min(queued_at))::float8 * 1000, 0), \
+                    coalesce(sum(readings), 0)::int8 FROM telemetry_rollup_queue",
+        )
+        .fetch_one(&mut c)
+        .await?;
+        lag.latencies_us.push((age_ms.max(0.0) * 1000.0) as u64);
+        max_queued = max_queued.max(queued);
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            _ = stop.changed() => {}
+        }
+    }
+    lag.finish(start.elapsed());
+    let _ = c.close().await;
+    Ok((lag, max_queued))
+}
+
+/// Started at the beginning of a phase: samples until [`RollupWatch::finish`].
+struct RollupWatch {
+    stop: tokio::sync::watch::Sender<bool>,
+    sampler: tokio::task::JoinHandle<anyhow::Result<(Stats, i64)>>,
+}
+
+impl RollupWatch {
+    fn start(db_url: &str) -> Self {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let sampler = tokio::spawn(rollup_sampler(db_url.to_owned(), stopped));
+        Self { stop, sampler }
+    }
+
+    /// Waits until the queue is empty (`ended`: when the phase's last reading was committed).
+    async fn finish(self, db_url: &str, ended: Instant) -> anyhow::Result<RollupReport> {
+        let mut c = PgConnection::connect(db_url).await?;
+        loop {
+            let empty: bool =
+                sqlx::query_scalar("SELECT NOT EXISTS (SELECT 1 FROM telemetry_rollup_queue)")
+                    .fetch_one(&mut c)
+                    .await?;
+            if empty {
+                break;
+            }
+            if ended.elapsed() > DRAIN_TIMEOUT {
+                bail!("the rollup worker did not empty its queue");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let caught_up_after = ended.elapsed();
+        let _ = c.close().await;
+        let _ = self.stop.send(true);
+        let (lag, max_queued) = self.sampler.await??;
+        Ok(RollupReport {
+            lag,
+            max_queued,
+            caught_up_after,
+        })
+    }
+}
+
+fn print_rollups(r: &RollupReport) {
+    println!(
+        "  rollups (applied behind the writers): age of the oldest queued delta, sampled every \
+         100 ms: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms ({} samples); at most {} readings \
+         queued; queue empty {:.2} s after the last reading was committed",
+        r.lag.quantile_ms(0.5),
+        r.lag.quantile_ms(0.99),
+        r.lag.max_ms(),
+        r.lag.latencies_us.len(),
+        r.max_queued,
+        r.caught_up_after.as_secs_f64()
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
 // NATS
 
 struct Published {
@@ -418,7 +517,7 @@ async fn probe_publisher(
     Ok(seq as u64)
 }
 
-/// Polls `telemetry_seen` every [`PROBE_POLL`] for the probe's readings until the publisher
+/// Polls `telemetry` every [`PROBE_POLL`] for the probe's readings until the publisher
 /// is done and every reading has been seen (or timed out).
 async fn probe_poller(
     db_url: String,
@@ -451,7 +550,7 @@ async fn probe_poller(
         if !pending.is_empty() {
             let seqs: Vec<i64> = pending.keys().copied().collect();
             let found: Vec<i64> = sqlx::query_scalar(
-                "SELECT seq FROM telemetry_seen WHERE device_id = $1 AND seq = ANY($2)",
+                "SELECT seq FROM telemetry WHERE device_id = $1 AND seq = ANY($2)",
             )
             .bind(device)
             .bind(&seqs)
@@ -494,6 +593,7 @@ struct NatsReport {
     probes: ProbeOut,
     stats: Stats,
     nats_cpu: Option<f64>,
+    rollups: RollupReport,
 }
 
 async fn consumer_info(
@@ -555,6 +655,7 @@ async fn run_nats(
         probe.id
     );
     let before = Probe0::take(ctx, server_pid).await;
+    let rollups = RollupWatch::start(&ctx.db_url);
     let start = Instant::now();
     let stop_at = start + duration;
     let (tx, rx) = mpsc::unbounded_channel();
@@ -607,7 +708,7 @@ async fn run_nats(
     if probes_sent > 0 {
         last.push((probe.id, probes_sent as i64 - 1));
     }
-    // Drained: the last reading of every device is committed (polled in telemetry_seen every
+    // Drained: the last reading of every device is committed (polled in telemetry every
     // 10 ms; cheap key lookups, nothing asked of nats-server), then the exact count. Workers
     // may commit out of order, so the count may still be short: then it is polled until right.
     let expected = published + probes_sent;
@@ -616,7 +717,7 @@ async fn run_nats(
     let mut last_note = Instant::now();
     loop {
         let found: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM telemetry_seen s \
+            "SELECT count(*) FROM telemetry s \
              JOIN UNNEST($1::uuid[], $2::int8[]) k(d, q) ON s.device_id = k.d AND s.seq = k.q",
         )
         .bind(&ids)
@@ -644,7 +745,7 @@ async fn run_nats(
     let mut end_to_end = start.elapsed();
     let mut counts = 0;
     loop {
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM telemetry_seen")
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM telemetry")
             .fetch_one(&mut c)
             .await?;
         counts += 1;
@@ -659,9 +760,11 @@ async fn run_nats(
     if counts > 1 {
         end_to_end = start.elapsed();
     }
+    let drained = Instant::now();
     let mut stats = Stats::new("NATS readings (end to end)");
     stats.elapsed = end_to_end;
     let nats_cpu = before.finish(ctx, server_pid, &mut stats).await;
+    let rollups = rollups.finish(&ctx.db_url, drained).await?;
     let probes = poller.await??;
     let _ = client.drain().await;
 
@@ -702,7 +805,238 @@ async fn run_nats(
         probes,
         stats,
         nats_cpu,
+        rollups,
     })
+}
+
+// ---------------------------------------------------------------------------------------------
+// The NATS floor: JetStream alone, no database (BENCH_TELEMETRY_NATS_FLOOR=1)
+
+/// How the floor's consumer acknowledges.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum FloorAck {
+    /// Every message (as the ingest workers do), pull consumer with explicit acks.
+    Each,
+    /// The last message of every 1,000 (and of each pause), one pull consumer with AckAll.
+    All,
+}
+
+struct FloorReport {
+    ack: FloorAck,
+    published: u64,
+    publish_took: Duration,
+    consumed: u64,
+    end_to_end: Duration,
+    stats: Stats,
+    nats_cpu: Option<f64>,
+}
+
+/// The same publishers as the NATS phase, into a stream of its own shaped like the ingest's,
+/// consumed by two tasks (one with AckAll) that parse each reading (`ingest::reading::parse`)
+/// and acknowledge it, writing nothing: what JetStream, the publishers and the parsing cost on
+/// this machine without the database.
+async fn run_nats_floor(
+    ctx: &Ctx,
+    server_pid: u32,
+    url: &str,
+    devices: &[Device],
+    ack: FloorAck,
+) -> anyhow::Result<FloorReport> {
+    use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
+    let a = &ctx.args;
+    let tag = format!(
+        "{}{}",
+        ctx.run_id,
+        if ack == FloorAck::All { "all" } else { "each" }
+    );
+    let config = ingest::nats::NatsConfig {
+        stream: format!("BENCH_FLOOR_{}", tag.to_ascii_uppercase()),
+        subject_prefix: format!("bench.{tag}.floor"),
+        consumer: format!("bench-floor-{tag}"),
+        ..Default::default()
+    };
+    let names = Names {
+        url: url.to_owned(),
+        stream: config.stream.clone(),
+        prefix: config.subject_prefix.clone(),
+        consumer: config.consumer.clone(),
+    };
+    let mut guard = StreamGuard {
+        names: names.clone(),
+        deleted: false,
+    };
+    let client = ingest::nats::connect(url).await?;
+    let js = async_nats::jetstream::new(client.clone());
+    let consumer = match ack {
+        FloorAck::Each => ingest::nats::setup(&js, &config).await?,
+        FloorAck::All => {
+            ingest::nats::setup(&js, &config).await?;
+            let stream = js.get_stream(&config.stream).await?;
+            let _ = stream.delete_consumer(&config.consumer).await;
+            stream
+                .create_consumer(pull::Config {
+                    durable_name: Some(config.consumer.clone()),
+                    deliver_policy: DeliverPolicy::All,
+                    ack_policy: AckPolicy::All,
+                    ack_wait: config.ack_wait,
+                    max_ack_pending: 80_000,
+                    filter_subject: format!("{}.>", config.subject_prefix),
+                    ..Default::default()
+                })
+                .await?
+        }
+    };
+    let load = devices.get(1..).unwrap_or_default();
+    let p = a.publishers.max(1).min(load.len());
+    let shares: Vec<Vec<Uuid>> = (0..p)
+        .map(|i| load.iter().skip(i).step_by(p).map(|d| d.id).collect())
+        .collect();
+    let duration = Duration::from_secs(a.duration.max(1));
+    let consumed = Arc::new(AtomicUsize::new(0));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let readers = if ack == FloorAck::All { 1 } else { 2 };
+    let mut consumers = JoinSet::new();
+    for _ in 0..readers {
+        let (consumer, consumed, prefix, mut stop) = (
+            consumer.clone(),
+            consumed.clone(),
+            format!("{}.", config.subject_prefix),
+            stop_rx.clone(),
+        );
+        consumers.spawn(async move {
+            let mut messages = consumer
+                .stream()
+                .max_messages_per_batch(10_000)
+                .heartbeat(Duration::from_secs(5))
+                .expires(Duration::from_secs(30))
+                .messages()
+                .await?;
+            let mut unacked: Option<async_nats::jetstream::Message> = None;
+            let mut n = 0u64;
+            loop {
+                let next = tokio::select! {
+                    m = tokio::time::timeout(Duration::from_millis(20), messages.next()) => m,
+                    _ = stop.changed() => break,
+                };
+                let msg = match next {
+                    Ok(Some(m)) => m.map_err(|e| anyhow!("floor pull: {e}"))?,
+                    Ok(None) => break,
+                    Err(_) => {
+                        if let Some(m) = unacked.take() {
+                            m.ack().await.map_err(|e| anyhow!("floor ack: {e}"))?;
+                        }
+                        continue;
+                    }
+                };
+                let device = msg
+                    .subject
+                    .as_str()
+                    .strip_prefix(prefix.as_str())
+                    .and_then(|d| Uuid::try_parse(d).ok())
+                    .unwrap_or_default();
+                let _ = ingest::reading::parse(&msg.payload, device, Utc::now());
+                n += 1;
+                consumed.fetch_add(1, Ordering::Relaxed);
+                match ack {
+                    FloorAck::Each => msg.ack().await.map_err(|e| anyhow!("floor ack: {e}"))?,
+                    FloorAck::All if n.is_multiple_of(1000) => {
+                        unacked = None;
+                        msg.ack().await.map_err(|e| anyhow!("floor ack: {e}"))?;
+                    }
+                    FloorAck::All => unacked = Some(msg),
+                }
+            }
+            anyhow::Ok(())
+        });
+    }
+    eprintln!(
+        "floor ({}): {p} publishers over {} devices for {} s, no database",
+        if ack == FloorAck::All {
+            "AckAll"
+        } else {
+            "explicit acks"
+        },
+        load.len(),
+        duration.as_secs()
+    );
+    let before = Probe0::take(ctx, server_pid).await;
+    let start = Instant::now();
+    let stop_at = start + duration;
+    let mut set = JoinSet::new();
+    for share in shares {
+        set.spawn(publisher(
+            url.to_owned(),
+            names.prefix.clone(),
+            share,
+            start,
+            stop_at,
+            0.0,
+            a.in_flight,
+            false,
+        ));
+    }
+    let mut published = 0u64;
+    while let Some(r) = set.join_next().await {
+        published += r??.acked;
+    }
+    let publish_took = start.elapsed();
+    while (consumed.load(Ordering::Relaxed) as u64) < published {
+        if start.elapsed() > duration + DRAIN_TIMEOUT {
+            bail!("the floor consumers did not get every message");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let end_to_end = start.elapsed();
+    let mut stats = Stats::new(if ack == FloorAck::All {
+        "NATS floor, AckAll"
+    } else {
+        "NATS floor, explicit acks"
+    });
+    stats.elapsed = end_to_end;
+    let nats_cpu = before.finish(ctx, server_pid, &mut stats).await;
+    let _ = stop_tx.send(true);
+    while let Some(r) = consumers.join_next().await {
+        r??;
+    }
+    let _ = client.drain().await;
+    guard.delete().await;
+    Ok(FloorReport {
+        ack,
+        published,
+        publish_took,
+        consumed: consumed.load(Ordering::Relaxed) as u64,
+        end_to_end,
+        stats,
+        nats_cpu,
+    })
+}
+
+fn print_floor(f: &FloorReport) {
+    println!();
+    println!(
+        "NATS floor ({}): the same publishers, consumed by {} parsing and \
+         acknowledging every reading, no database",
+        if f.ack == FloorAck::All {
+            "one pull consumer with AckAll, an ack per 1,000 messages"
+        } else {
+            "two pull consumers with explicit acks, an ack per message"
+        },
+        if f.ack == FloorAck::All {
+            "one task"
+        } else {
+            "two tasks"
+        }
+    );
+    println!(
+        "  published {} in {:.2} s = {:.0}/s; consumed {} by {:.2} s = {:.0}/s end to end",
+        f.published,
+        f.publish_took.as_secs_f64(),
+        f.published as f64 / f.publish_took.as_secs_f64(),
+        f.consumed,
+        f.end_to_end.as_secs_f64(),
+        f.consumed as f64 / f.end_to_end.as_secs_f64()
+    );
+    print_cpu_wal(&f.stats, f.consumed as i64, f.nats_cpu);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -714,6 +1048,7 @@ struct HttpReport {
     duplicates: u64,
     rejected: u64,
     nats_cpu: Option<f64>,
+    rollups: RollupReport,
 }
 
 async fn run_http(
@@ -737,6 +1072,7 @@ async fn run_http(
         duration.as_secs()
     );
     let before = Probe0::take(ctx, server.pid()).await;
+    let rollups = RollupWatch::start(&ctx.db_url);
     let start = Instant::now();
     let deadline = start + duration;
     let mut set = JoinSet::new();
@@ -810,7 +1146,9 @@ async fn run_http(
         rejected += rej;
     }
     requests.finish(start.elapsed());
+    let ended = Instant::now();
     let nats_cpu = before.finish(ctx, server.pid(), &mut requests).await;
+    let rollups = rollups.finish(&ctx.db_url, ended).await?;
     eprintln!(
         "http: {} requests, {accepted} readings accepted in {:.1} s ({:.0}/s), {} errors",
         requests.latencies_us.len(),
@@ -824,6 +1162,7 @@ async fn run_http(
         duplicates,
         rejected,
         nats_cpu,
+        rollups,
     })
 }
 
@@ -910,10 +1249,17 @@ async fn run_raw_copy(
     let mut day = lo;
     while day <= hi {
         let next = day.succ_opt().ok_or_else(|| anyhow!("date overflow"))?;
+        let part = format!("bench_raw_telemetry_p{}", day.format("%Y%m%d"));
         sqlx::query(&format!(
-            "CREATE TABLE bench_raw_telemetry_p{} PARTITION OF bench_raw_telemetry \
-             FOR VALUES FROM ('{day} 00:00:00+00') TO ('{next} 00:00:00+00')",
-            day.format("%Y%m%d")
+            "CREATE TABLE {part} PARTITION OF bench_raw_telemetry \
+             FOR VALUES FROM ('{day} 00:00:00+00') TO ('{next} 00:00:00+00')"
+        ))
+        .execute(&mut c)
+        .await?;
+        // The same key as telemetry's day partitions (made per partition, so LIKE does not
+        // copy it): the COPY pays for it as the ingest does.
+        sqlx::query(&format!(
+            "CREATE UNIQUE INDEX {part}_key ON {part} (device_id, seq)"
         ))
         .execute(&mut c)
         .await?;
@@ -965,17 +1311,23 @@ async fn run_raw_copy(
                 copy.send(COPY_TRAILER.as_slice()).await?;
                 rows += copy.finish().await?;
             }
-            let _ = conn.close().await;
-            anyhow::Ok(rows)
+            anyhow::Ok((rows, conn))
         });
     }
     let mut rows = 0u64;
+    let mut done = Vec::new();
     while let Some(r) = set.join_next().await {
-        rows += r??;
+        let (n, conn) = r??;
+        rows += n;
+        done.push(conn);
     }
     let mut stats = Stats::new(name);
     stats.elapsed = start.elapsed();
+    // Sampled before the connections close: an exited backend's CPU would count as "other".
     let nats_cpu = before.finish(ctx, server_pid, &mut stats).await;
+    for conn in done {
+        let _ = conn.close().await;
+    }
     let (stored, source): (i64, i64) = sqlx::query_as(&format!(
         "SELECT (SELECT count(*) FROM bench_raw_telemetry), \
                 (SELECT count(*) FROM telemetry WHERE {filter})"
@@ -1063,6 +1415,13 @@ async fn telemetry(ctx: &Ctx, admin_url: &str, names: &Names) -> anyhow::Result<
         devices_took.as_secs_f64()
     );
 
+    // What JetStream itself costs here, without the database (opt-in: two more phases).
+    let mut floors = Vec::new();
+    if std::env::var("BENCH_TELEMETRY_NATS_FLOOR").is_ok_and(|v| v == "1") {
+        for ack in [FloorAck::Each, FloorAck::All] {
+            floors.push(run_nats_floor(ctx, server.pid(), &names.url, &devices, ack).await?);
+        }
+    }
     let nats = run_nats(ctx, server.pid(), names, &devices).await?;
     let nats_raw = run_raw_copy(
         ctx,
@@ -1157,7 +1516,7 @@ async fn telemetry(ctx: &Ctx, admin_url: &str, names: &Names) -> anyhow::Result<
     );
     let p = &nats.probes.lags;
     println!(
-        "  ingest lag, probes (publish -> first poll of telemetry_seen, every {} ms, finding it \
+        "  ingest lag, probes (publish -> first poll of telemetry, every {} ms, finding it \
          committed): {} probes, p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms, {} timeouts",
         PROBE_POLL.as_millis(),
         p.latencies_us.len(),
@@ -1173,6 +1532,11 @@ async fn telemetry(ctx: &Ctx, admin_url: &str, names: &Names) -> anyhow::Result<
          before its commit): p50 {l50:.1} ms, p90 {l90:.1} ms, p99 {l99:.1} ms, max {lmax:.1} ms"
     );
     print_cpu_wal(&nats.stats, nats.committed, nats.nats_cpu);
+    print_rollups(&nats.rollups);
+
+    for f in &floors {
+        print_floor(f);
+    }
 
     println!();
     println!(
@@ -1194,12 +1558,14 @@ async fn telemetry(ctx: &Ctx, admin_url: &str, names: &Names) -> anyhow::Result<
         println!("  {} errors, first: {e}", http.requests.errors);
     }
     print_cpu_wal(&http.requests, http.accepted as i64, http.nats_cpu);
+    print_rollups(&http.rollups);
 
     println!();
     println!(
         "Raw baseline: the rows each path stored, copied out of telemetry (binary, not timed) \
          and COPYed (FORMAT binary) into bench_raw_telemetry (LIKE telemetry INCLUDING ALL, \
-         partitioned by day like it), {} rows per COPY statement (autocommit), {} connections:",
+         partitioned by day like it, with the same (device_id, seq) key per day), {} rows per \
+         COPY statement (autocommit), {} connections:",
         a.copy_rows, a.raw_connections
     );
     for r in [&nats_raw, &http_raw] {

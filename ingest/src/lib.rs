@@ -1,18 +1,22 @@
 //! Chronicle's telemetry ingestion over HTTP and NATS JetStream into the time-series log.
 //!
 //! - [`reading`]: the wire shape of a reading and its validation codes.
-//! - [`store`]: the batch writer (one transaction: dedup, raw rows, rollups, dead letters),
+//! - [`store`]: the batch writer (one transaction: the raw rows by binary COPY, deduplicated
+//!   by the day partitions' `(device_id, seq)` key, the batch's rollup delta, dead letters),
 //!   device status for the NATS path, partitions and retention.
+//! - [`rollup`]: rollup deltas and the worker that applies them to the per-minute rollups and
+//!   the latest values, exactly once, behind the writers.
 //! - [`query`]: per-minute and per-hour statistics, latest values.
 //! - [`nats`]: the JetStream stream, its durable consumer and the workers.
-//! - [`run`]: the `ingest` role of `chronicle serve`: partitions ahead, retention, and the
-//!   NATS workers when a NATS URL is configured.
+//! - [`run`]: the `ingest` role of `chronicle serve`: partitions ahead, retention, the rollup
+//!   worker, and the NATS workers when a NATS URL is configured.
 //!
 //! The design is described in `docs/telemetry.md`.
 
 pub mod nats;
 pub mod query;
 pub mod reading;
+pub mod rollup;
 pub mod store;
 
 use chrono::Utc;
@@ -51,6 +55,24 @@ pub struct IngestArgs {
     /// NATS ingest workers in this process.
     #[arg(long, env = "CHRONICLE_INGEST_WORKERS", default_value_t = 2)]
     pub ingest_workers: usize,
+    /// How long the rollup worker waits after finding no rollup delta queued: the usual lag
+    /// of per-minute statistics and latest values behind the stored readings.
+    #[arg(
+        long,
+        env = "CHRONICLE_TELEMETRY_ROLLUP_INTERVAL_MS",
+        default_value_t = 1000,
+        value_parser = clap::value_parser!(u64).range(1..=60_000)
+    )]
+    pub telemetry_rollup_interval_ms: u64,
+    /// How long a NATS worker waits for more messages after the first one of a batch (a
+    /// batch also closes at 10,000 messages): larger batches cost less per reading, later.
+    #[arg(
+        long,
+        env = "CHRONICLE_TELEMETRY_BATCH_WAIT_MS",
+        default_value_t = 50,
+        value_parser = clap::value_parser!(u64).range(1..=10_000)
+    )]
+    pub telemetry_batch_wait_ms: u64,
 }
 
 impl IngestArgs {
@@ -61,6 +83,15 @@ impl IngestArgs {
             subject_prefix: self.telemetry_subject_prefix.clone(),
             consumer: self.telemetry_consumer.clone(),
             workers: self.ingest_workers.max(1),
+            batch_wait: Duration::from_millis(self.telemetry_batch_wait_ms),
+            ..Default::default()
+        }
+    }
+
+    /// The rollup worker's side of these settings.
+    pub fn rollup(&self) -> rollup::RollupConfig {
+        rollup::RollupConfig {
+            interval: Duration::from_millis(self.telemetry_rollup_interval_ms),
             ..Default::default()
         }
     }
@@ -70,8 +101,8 @@ impl IngestArgs {
 pub const MAINTENANCE_EVERY: Duration = Duration::from_secs(3600);
 
 /// The `ingest` role: the maintenance task (day partitions for today and the next two days,
-/// retention) and, with a NATS URL, the JetStream workers. Runs until `shutdown` turns true;
-/// failures are logged and retried, never returned.
+/// retention), the rollup worker and, with a NATS URL, the JetStream workers. Runs until
+/// `shutdown` turns true; failures are logged and retried, never returned.
 pub async fn run(
     pool: PgPool,
     nats_url: Option<String>,
@@ -83,6 +114,7 @@ pub async fn run(
         args.telemetry_retention_days,
         shutdown.clone(),
     ));
+    let rollups = tokio::spawn(rollup::run(pool.clone(), args.rollup(), shutdown.clone()));
     match nats_url {
         None => tracing::info!(
             retention_days = args.telemetry_retention_days,
@@ -91,6 +123,7 @@ pub async fn run(
         Some(url) => run_nats(pool, &url, args.nats(), shutdown).await,
     }
     let _ = maintenance.await;
+    let _ = rollups.await;
 }
 
 /// Connects (retrying), sets up the stream and consumer (retrying), and runs the workers.

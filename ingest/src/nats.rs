@@ -40,6 +40,10 @@ pub struct NatsConfig {
     pub batch_max: usize,
     /// How long a batch waits for more messages after its first one.
     pub batch_wait: Duration,
+    /// How long a device found active stays known as active to a worker without asking the
+    /// event store again (a device found inactive or unknown is asked about every time, so
+    /// an activation takes effect at once; a suspension within this long).
+    pub active_for: Duration,
     /// How long the server waits for an acknowledgement before it delivers again.
     pub ack_wait: Duration,
     /// The most deliveries of one message.
@@ -62,7 +66,8 @@ impl Default for NatsConfig {
             consumer: "chronicle-ingest".to_owned(),
             workers: 2,
             batch_max: 10_000,
-            batch_wait: Duration::from_millis(20),
+            batch_wait: Duration::from_millis(50),
+            active_for: Duration::from_secs(1),
             ack_wait: Duration::from_secs(30),
             max_deliver: 50,
             duplicate_window: Duration::from_secs(120),
@@ -162,6 +167,8 @@ pub async fn setup(js: &Context, config: &NatsConfig) -> Result<PullConsumer, Na
 
 /// One worker: takes batches from the shared consumer until `shutdown` turns true.
 pub struct Worker {
+    /// Devices found active, and until when that holds without asking again.
+    active: HashMap<Uuid, Instant>,
     pool: PgPool,
     client: async_nats::Client,
     consumer: PullConsumer,
@@ -187,6 +194,7 @@ impl Worker {
         config: NatsConfig,
     ) -> Self {
         Self {
+            active: HashMap::new(),
             pool,
             client,
             consumer,
@@ -195,7 +203,7 @@ impl Worker {
     }
 
     /// Runs until `shutdown` turns true; the batch in hand is finished first.
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         let mut messages: Option<Messages> = None;
         while !*shutdown.borrow() {
             let stream = match messages.as_mut() {
@@ -262,7 +270,8 @@ impl Worker {
 
     /// Checks, writes and acknowledges one batch. On a database failure every message is
     /// NAKed and the worker should pause for the returned delay.
-    pub async fn handle(&self, batch: Vec<Message>) -> Result<(), Duration> {
+    pub async fn handle(&mut self, batch: Vec<Message>) -> Result<(), Duration> {
+        let started = Instant::now();
         let now = Utc::now();
         let prefix = format!("{}.", self.config.subject_prefix);
         let mut readings: Vec<Reading> = Vec::new();
@@ -314,6 +323,7 @@ impl Worker {
                 }
             }
         }
+        let parsed = Instant::now();
         let result = self
             .write(
                 &batch,
@@ -324,6 +334,7 @@ impl Worker {
                 &deliveries,
             )
             .await;
+        let written = Instant::now();
         match result {
             Ok(()) => {
                 for (msg, fate) in batch.iter().zip(&fates) {
@@ -338,6 +349,13 @@ impl Worker {
                 if let Err(error) = self.client.flush().await {
                     tracing::warn!(%error, "cannot flush acknowledgements; the messages come again");
                 }
+                tracing::debug!(
+                    messages = batch.len(),
+                    parse_us = (parsed - started).as_micros() as u64,
+                    write_us = (written - parsed).as_micros() as u64,
+                    ack_us = written.elapsed().as_micros() as u64,
+                    "telemetry batch"
+                );
                 Ok(())
             }
             Err(error) => {
@@ -356,7 +374,7 @@ impl Worker {
     /// Refuses the readings of unknown and inactive devices (as letters), then writes the
     /// rest with the letters in one transaction.
     async fn write(
-        &self,
+        &mut self,
         batch: &[Message],
         fates: &mut [Fate],
         readings: Vec<Reading>,
@@ -364,9 +382,13 @@ impl Worker {
         stream_seqs: &[i64],
         deliveries: &[i64],
     ) -> Result<(), sqlx::Error> {
+        // The event store is asked about the devices not known to be active just now.
+        let now = Instant::now();
+        self.active.retain(|_, until| *until > now);
         let devices: Vec<Uuid> = readings
             .iter()
             .map(|r| r.device_id)
+            .filter(|d| !self.active.contains_key(d))
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
@@ -375,6 +397,17 @@ impl Worker {
         } else {
             store::device_states(&self.pool, &devices).await?
         };
+        tracing::trace!(
+            devices = devices.len(),
+            states_us = now.elapsed().as_micros() as u64,
+            "telemetry device states"
+        );
+        let until = now + self.config.active_for;
+        for (device, state) in &states {
+            if *state == DeviceState::Active {
+                self.active.insert(*device, until);
+            }
+        }
         let letter = |i: usize, code: Code, detail: String| DeadLetter {
             stream: self.config.stream.clone(),
             stream_seq: stream_seqs[i],
@@ -385,12 +418,20 @@ impl Worker {
             deliveries: i32::try_from(deliveries[i]).unwrap_or(i32::MAX),
         };
         // Keep the readings of active devices; map each kept reading back to its message.
+        let mut readings: Vec<Option<Reading>> = readings.into_iter().map(Some).collect();
         let mut kept: Vec<Reading> = Vec::with_capacity(readings.len());
         let mut kept_msg: Vec<usize> = Vec::with_capacity(readings.len());
         for (i, fate) in fates.iter_mut().enumerate() {
             let Fate::Reading(r) = *fate else { continue };
-            let reading = &readings[r];
-            let refusal = match states.get(&reading.device_id) {
+            let Some(reading) = readings[r].take() else {
+                continue;
+            };
+            let state = if self.active.contains_key(&reading.device_id) {
+                Some(&DeviceState::Active)
+            } else {
+                states.get(&reading.device_id)
+            };
+            let refusal = match state {
                 Some(DeviceState::Active) => None,
                 Some(DeviceState::Inactive) => Some((
                     Code::DeviceInactive,
@@ -405,7 +446,7 @@ impl Worker {
                 None => {
                     *fate = Fate::Reading(kept.len());
                     kept_msg.push(i);
-                    kept.push(reading.clone());
+                    kept.push(reading);
                 }
                 Some((code, detail)) => {
                     letters.push(letter(i, code, detail));

@@ -3,9 +3,10 @@
 //! credential, or the NATS subject). Every refusal has a stable [`Rejection`] code.
 
 use chrono::{DateTime, Duration, Utc};
-use serde::Serialize;
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use std::collections::BTreeMap;
+use std::fmt;
 use uuid::Uuid;
 
 /// How far in the future a reading's `ts` may be (the device's clock may run ahead).
@@ -24,8 +25,8 @@ pub struct Reading {
     pub seq: i64,
     /// When it was measured.
     pub ts: DateTime<Utc>,
-    /// 1 to 64 finite values by name.
-    pub metrics: BTreeMap<String, f64>,
+    /// 1 to 64 finite values, sorted by name, each name once.
+    pub metrics: Vec<(String, f64)>,
 }
 
 /// Why a reading was refused: a stable code (the `code` of `rejected` entries and the
@@ -116,51 +117,78 @@ pub fn is_metric_name(name: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'.')
 }
 
-/// Checks one reading of `device` received at `now`.
+/// A reading as it arrived, before its checks: what each field held. Deserializing one
+/// succeeds for any JSON value (an object of any fields, or not an object at all); only a
+/// JSON syntax error or a number beyond f64 fails. [`check`] then gives the verdict. Parsing
+/// straight into this shape, instead of into a `serde_json::Value` first, is what keeps
+/// parsing cheap on the ingest paths (no map of owned keys per reading).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct WireReading {
+    /// Whether the value was a JSON object.
+    object: bool,
+    /// `seq` if it was an integer that fits an i64 (negative ones are refused by the check).
+    seq: Option<i64>,
+    /// `ts`: absent or not a string (`None`), or the result of reading it as RFC 3339.
+    ts: Option<Result<DateTime<Utc>, String>>,
+    /// `metrics` if it was an object: its entries, a value being `None` when it was not a
+    /// number.
+    metrics: Option<Vec<(String, Option<f64>)>>,
+    /// `device_id` if present: `Some(id)` when it was a string holding a UUID.
+    device_id: Option<Option<Uuid>>,
+    /// The first (by name) field that is not one of the reading's.
+    unknown: Option<String>,
+}
+
+/// Checks one reading of `device` received at `now` (any JSON value).
 pub fn validate(value: &Value, device: Uuid, now: DateTime<Utc>) -> Result<Reading, Rejection> {
-    let Some(object) = value.as_object() else {
+    match WireReading::deserialize(value) {
+        Ok(wire) => check(wire, device, now),
+        Err(e) => Err(Rejection::new(Code::BadReading, None, e.to_string())),
+    }
+}
+
+/// Checks one reading of `device` received at `now`. The checks run in a fixed order, so a
+/// reading with several faults always gets the same code.
+pub fn check(wire: WireReading, device: Uuid, now: DateTime<Utc>) -> Result<Reading, Rejection> {
+    if !wire.object {
         return Err(Rejection::new(
             Code::BadReading,
             None,
             "a reading is a JSON object {\"seq\", \"ts\", \"metrics\"}",
         ));
-    };
-    let seq = object
-        .get("seq")
-        .and_then(Value::as_i64)
-        .filter(|s| *s >= 0);
+    }
+    let seq = wire.seq.filter(|s| *s >= 0);
     let bad = |detail: String| Err(Rejection::new(Code::BadReading, seq, detail));
-    if let Some(unknown) = object
-        .keys()
-        .find(|k| !matches!(k.as_str(), "seq" | "ts" | "metrics" | "device_id"))
-    {
+    if let Some(unknown) = wire.unknown {
         return bad(format!("unknown field `{unknown}`"));
     }
     let Some(seq) = seq else {
         return bad("seq must be an integer from 0 to 9223372036854775807".to_owned());
     };
-    let ts = match object.get("ts").and_then(Value::as_str) {
-        Some(text) => match DateTime::parse_from_rfc3339(text) {
-            Ok(ts) => ts.with_timezone(&Utc),
-            Err(e) => return bad(format!("ts is not an RFC 3339 time: {e}")),
-        },
+    let ts = match wire.ts {
+        Some(Ok(ts)) => ts,
+        Some(Err(e)) => return bad(format!("ts is not an RFC 3339 time: {e}")),
         None => return bad("ts must be an RFC 3339 time such as 2025-01-31T12:00:00Z".to_owned()),
     };
-    let Some(raw_metrics) = object.get("metrics").and_then(Value::as_object) else {
+    let Some(mut raw_metrics) = wire.metrics else {
         return bad("metrics must be an object of {name: number}".to_owned());
     };
-    match object.get("device_id") {
+    match wire.device_id {
         None => {}
-        Some(Value::String(s)) if Uuid::try_parse(s).ok() == Some(device) => {}
-        Some(Value::String(s)) if Uuid::try_parse(s).is_ok() => {
+        Some(Some(id)) if id == device => {}
+        Some(Some(id)) => {
             return Err(Rejection::new(
                 Code::DeviceMismatch,
                 Some(seq),
-                format!("device_id {s} is not the sending device {device}"),
+                format!("device_id {id} is not the sending device {device}"),
             ))
         }
-        Some(_) => return bad("device_id must be the device's UUID".to_owned()),
+        Some(None) => return bad("device_id must be the device's UUID".to_owned()),
     }
+    // By name, a repeated name counting once with its last value (as a JSON object reads).
+    raw_metrics.reverse();
+    raw_metrics.sort_by(|a, b| a.0.cmp(&b.0));
+    raw_metrics.dedup_by(|later, kept| later.0 == kept.0);
     if raw_metrics.is_empty() {
         return Err(Rejection::new(
             Code::NoMetrics,
@@ -178,19 +206,17 @@ pub fn validate(value: &Value, device: Uuid, now: DateTime<Utc>) -> Result<Readi
             ),
         ));
     }
-    let mut metrics = BTreeMap::new();
+    let mut metrics = Vec::with_capacity(raw_metrics.len());
     for (name, value) in raw_metrics {
-        if !is_metric_name(name) {
+        if !is_metric_name(&name) {
             return Err(Rejection::new(
                 Code::BadMetricName,
                 Some(seq),
                 format!("metric names are 1-64 of a-z 0-9 _ . (got {name:?})"),
             ));
         }
-        match value.as_f64() {
-            Some(v) if v.is_finite() => {
-                metrics.insert(name.clone(), v);
-            }
+        match value {
+            Some(v) if v.is_finite() => metrics.push((name, v)),
             _ => {
                 return Err(Rejection::new(
                     Code::NotFinite,
@@ -217,7 +243,7 @@ pub fn validate(value: &Value, device: Uuid, now: DateTime<Utc>) -> Result<Readi
 
 /// Parses and checks a NATS payload: one reading of `device` as JSON.
 pub fn parse(payload: &[u8], device: Uuid, now: DateTime<Utc>) -> Result<Reading, Rejection> {
-    let value: Value = serde_json::from_slice(payload).map_err(|e| {
+    let wire: WireReading = serde_json::from_slice(payload).map_err(|e| {
         // serde_json refuses numbers beyond f64 instead of making them infinite.
         let code = if e.to_string().starts_with("number out of range") {
             Code::NotFinite
@@ -230,7 +256,259 @@ pub fn parse(payload: &[u8], device: Uuid, now: DateTime<Utc>) -> Result<Reading
             format!("the payload is not a JSON reading: {e}"),
         )
     })?;
-    validate(&value, device, now)
+    check(wire, device, now)
+}
+
+// ----- Deserializing a WireReading: every JSON shape is a value, faults are kept for `check`.
+
+/// A field name of a reading, read without allocating for the known ones.
+enum Key {
+    Seq,
+    Ts,
+    Metrics,
+    DeviceId,
+    Other(String),
+}
+
+impl<'de> Deserialize<'de> for Key {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Key;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a field name")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Key, E> {
+                Ok(match s {
+                    "seq" => Key::Seq,
+                    "ts" => Key::Ts,
+                    "metrics" => Key::Metrics,
+                    "device_id" => Key::DeviceId,
+                    other => Key::Other(other.to_owned()),
+                })
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// Consumes the elements of a JSON array or object that is not what a field expects.
+fn drain_seq<'de, A: SeqAccess<'de>>(mut a: A) -> Result<(), A::Error> {
+    while a.next_element::<IgnoredAny>()?.is_some() {}
+    Ok(())
+}
+
+fn drain_map<'de, A: MapAccess<'de>>(mut a: A) -> Result<(), A::Error> {
+    while a.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+    Ok(())
+}
+
+/// Implements the visitor methods of the JSON shapes a field does not expect: each gives
+/// `$none` after consuming the value.
+macro_rules! other_shapes {
+    ($none:expr, except_numbers) => {
+        fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+            Ok($none)
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok($none)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, a: A) -> Result<Self::Value, A::Error> {
+            drain_seq(a).map(|()| $none)
+        }
+    };
+    ($none:expr) => {
+        other_shapes!($none, except_numbers);
+        fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+            Ok($none)
+        }
+        fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+            Ok($none)
+        }
+        fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+            Ok($none)
+        }
+    };
+}
+
+/// `seq`: an integer that fits an i64, else `None`.
+struct SeqField(Option<i64>);
+
+impl<'de> Deserialize<'de> for SeqField {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = SeqField;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<SeqField, E> {
+                Ok(SeqField(Some(v)))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<SeqField, E> {
+                Ok(SeqField(i64::try_from(v).ok()))
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<SeqField, E> {
+                Ok(SeqField(None))
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<SeqField, E> {
+                Ok(SeqField(None))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, a: A) -> Result<SeqField, A::Error> {
+                drain_map(a).map(|()| SeqField(None))
+            }
+            other_shapes!(SeqField(None), except_numbers);
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `ts`: a string read as RFC 3339, else `None`.
+struct TsField(Option<Result<DateTime<Utc>, String>>);
+
+impl<'de> Deserialize<'de> for TsField {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = TsField;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<TsField, E> {
+                Ok(TsField(Some(
+                    DateTime::parse_from_rfc3339(s)
+                        .map(|t| t.with_timezone(&Utc))
+                        .map_err(|e| e.to_string()),
+                )))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, a: A) -> Result<TsField, A::Error> {
+                drain_map(a).map(|()| TsField(None))
+            }
+            other_shapes!(TsField(None));
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `device_id`: a string holding a UUID (`Some(Some)`), or anything else (`Some(None)`).
+struct DeviceField(Option<Uuid>);
+
+impl<'de> Deserialize<'de> for DeviceField {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = DeviceField;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<DeviceField, E> {
+                Ok(DeviceField(Uuid::try_parse(s).ok()))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, a: A) -> Result<DeviceField, A::Error> {
+                drain_map(a).map(|()| DeviceField(None))
+            }
+            other_shapes!(DeviceField(None));
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A metric's value: a number as f64, else `None`.
+struct MetricValue(Option<f64>);
+
+impl<'de> Deserialize<'de> for MetricValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = MetricValue;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<MetricValue, E> {
+                Ok(MetricValue(Some(v as f64)))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<MetricValue, E> {
+                Ok(MetricValue(Some(v as f64)))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<MetricValue, E> {
+                Ok(MetricValue(Some(v)))
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<MetricValue, E> {
+                Ok(MetricValue(None))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, a: A) -> Result<MetricValue, A::Error> {
+                drain_map(a).map(|()| MetricValue(None))
+            }
+            other_shapes!(MetricValue(None), except_numbers);
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `metrics`: the entries of an object, else `None`.
+struct MetricsField(Option<Vec<(String, Option<f64>)>>);
+
+impl<'de> Deserialize<'de> for MetricsField {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = MetricsField;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<MetricsField, A::Error> {
+                let mut entries = Vec::with_capacity(a.size_hint().unwrap_or(4).min(MAX_METRICS));
+                while let Some(name) = a.next_key::<String>()? {
+                    let value: MetricValue = a.next_value()?;
+                    entries.push((name, value.0));
+                }
+                Ok(MetricsField(Some(entries)))
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<MetricsField, E> {
+                Ok(MetricsField(None))
+            }
+            other_shapes!(MetricsField(None));
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for WireReading {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = WireReading;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<WireReading, A::Error> {
+                let mut w = WireReading {
+                    object: true,
+                    ..WireReading::default()
+                };
+                while let Some(key) = a.next_key::<Key>()? {
+                    match key {
+                        Key::Seq => w.seq = a.next_value::<SeqField>()?.0,
+                        Key::Ts => w.ts = a.next_value::<TsField>()?.0,
+                        Key::Metrics => w.metrics = a.next_value::<MetricsField>()?.0,
+                        Key::DeviceId => w.device_id = Some(a.next_value::<DeviceField>()?.0),
+                        Key::Other(name) => {
+                            a.next_value::<IgnoredAny>()?;
+                            if w.unknown.as_ref().is_none_or(|u| name < *u) {
+                                w.unknown = Some(name);
+                            }
+                        }
+                    }
+                }
+                Ok(w)
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<WireReading, E> {
+                Ok(WireReading::default())
+            }
+            other_shapes!(WireReading::default());
+        }
+        d.deserialize_any(V)
+    }
 }
 
 #[cfg(test)]
@@ -258,7 +536,13 @@ mod tests {
         let r = r.ok();
         assert_eq!(r.as_ref().map(|r| r.seq), Some(7));
         assert_eq!(r.as_ref().map(|r| r.metrics.len()), Some(2));
-        assert_eq!(r.and_then(|r| r.metrics.get("rssi").copied()), Some(-70.0));
+        assert_eq!(
+            r.map(|r| r.metrics),
+            Some(vec![
+                ("rssi".to_owned(), -70.0),
+                ("temp.c".to_owned(), 21.5)
+            ])
+        );
     }
 
     #[test]
@@ -321,6 +605,52 @@ mod tests {
             code(json!({"seq": 1, "ts": ts, "metrics": {long: 1}})),
             Some(Code::BadMetricName)
         );
+    }
+
+    #[test]
+    fn bytes_and_json_values_read_alike() {
+        let ts = "2025-03-01T12:00:00Z";
+        let cases = [
+            format!(r#"{{"seq": 1, "ts": "{ts}", "metrics": {{"b": 1, "a": 2, "b": 3}}}}"#),
+            format!(r#"{{"seq": 18446744073709551615, "ts": "{ts}", "metrics": {{"a": 1}}}}"#),
+            format!(r#"{{"seq": 1.0, "ts": "{ts}", "metrics": {{"a": 1}}}}"#),
+            format!(r#"{{"seq": 1, "ts": "{ts}", "metrics": {{"a": {{"x": [1, 2]}}}}}}"#),
+            format!(r#"{{"seq": 1, "ts": "{ts}", "metrics": [1, 2]}}"#),
+            format!(r#"{{"seq": 1, "ts": "{ts}", "metrics": {{"a": 1}}, "device_id": 7}}"#),
+            format!(r#"{{"seq": 1, "ts": 5, "metrics": {{"a": 1}}}}"#),
+            format!(r#"{{"zz": 1, "seq": 2, "ts": "{ts}", "metrics": {{"a": 1}}, "aa": [{{}}]}}"#),
+            format!(r#"{{"seq": {{"n": 1}}, "ts": "{ts}", "metrics": {{"a": 1}}}}"#),
+            format!(r#"{{"seq": 1, "seq": 2, "ts": "{ts}", "metrics": {{"Bad": 1, "a": null}}}}"#),
+            format!(r#"{{"seq": 3, "ts": "{ts}", "metrics": {{"a\u0062": -0.0}}}}"#),
+            r#"[{"seq": 1}]"#.to_owned(),
+            r#""text""#.to_owned(),
+            "null".to_owned(),
+        ];
+        for case in &cases {
+            let from_bytes = parse(case.as_bytes(), Uuid::nil(), now());
+            let value: Value = serde_json::from_str(case).unwrap_or(Value::Null);
+            let from_value = validate(&value, Uuid::nil(), now());
+            assert_eq!(from_bytes, from_value, "{case}");
+        }
+        // A repeated name counts once, with its last value; names come sorted.
+        let r = parse(cases[0].as_bytes(), Uuid::nil(), now()).ok();
+        assert_eq!(
+            r.map(|r| r.metrics),
+            Some(vec![("a".to_owned(), 2.0), ("b".to_owned(), 3.0)])
+        );
+        // The first unknown field by name is the one reported; an escaped name is read.
+        let e = parse(cases[7].as_bytes(), Uuid::nil(), now()).err();
+        assert_eq!(
+            e.map(|e| (e.code, e.seq, e.detail)),
+            Some((Code::BadReading, Some(2), "unknown field `aa`".to_owned()))
+        );
+        let r = parse(cases[10].as_bytes(), Uuid::nil(), now()).ok();
+        assert_eq!(r.map(|r| r.metrics), Some(vec![("ab".to_owned(), -0.0)]));
+        // Seq: too large, or a float, is not an integer of the reading.
+        for case in &cases[1..3] {
+            let e = parse(case.as_bytes(), Uuid::nil(), now()).err();
+            assert_eq!(e.map(|e| (e.code, e.seq)), Some((Code::BadReading, None)));
+        }
     }
 
     #[test]

@@ -1,7 +1,9 @@
-//! Telemetry over HTTP and NATS JetStream: deduplication on (device, seq) across both paths,
-//! validation codes and whole-body refusals, inactive and unknown devices, a worker killed
-//! mid-batch, dead letters that are recorded once and never delivered again, NAKs while the
-//! database fails, rollups equal to aggregates of the raw readings, queries and retention.
+//! Telemetry over HTTP and NATS JetStream: deduplication on (device, seq) across both paths
+//! (per UTC day of ts), validation codes and whole-body refusals, inactive and unknown
+//! devices, a worker killed mid-batch, dead letters that are recorded once and never delivered
+//! again, NAKs while the database fails, rollups (applied behind the writers by the rollup
+//! worker, exactly once, also when it is killed mid-batch) equal to aggregates of the raw
+//! readings, queries and retention.
 //!
 //! The NATS tests need a JetStream server at `NATS_URL` (default `nats://127.0.0.1:4222`);
 //! each uses its own stream, subjects and consumer and deletes its stream at the end.
@@ -142,6 +144,13 @@ impl Site {
     async fn stored(&self) -> i64 {
         count(self.pool(), "SELECT count(*) FROM telemetry").await
     }
+
+    /// Applies every queued rollup delta: the rollups then include every committed reading.
+    async fn roll_up(&self) {
+        ingest::rollup::catch_up(self.pool())
+            .await
+            .expect("rollups applied");
+    }
 }
 
 fn reading(seq: i64, ts: DateTime<Utc>, metrics: Value) -> Value {
@@ -182,6 +191,7 @@ async fn a_reading_sent_twice_over_http_is_stored_once_and_shown_as_latest() {
         json!({"accepted": 0, "duplicates": 1, "rejected": []})
     );
     assert_eq!(s.stored().await, 1);
+    s.roll_up().await;
     assert_eq!(
         count(s.pool(), "SELECT sum(count)::int8 FROM telemetry_minute").await,
         2
@@ -415,6 +425,7 @@ async fn telemetry_queries_check_the_reader_and_the_parameters() {
         .post(&credential, vec![reading(1, now, json!({"temp": 5}))])
         .await;
     assert_eq!(a.status, StatusCode::ACCEPTED);
+    s.roll_up().await;
     let path = format!("/v1/devices/{device}/telemetry");
     for token in [&s.owner, &admin, &auditor] {
         let a = s.app.get(&format!("{path}?metric=temp"), token).await;
@@ -507,10 +518,18 @@ async fn rollups_equal_aggregates_of_the_raw_readings() {
             if m.is_empty() {
                 m.insert("temp".to_owned(), json!(rng.gen_range(-5..5)));
             }
-            readings.push(reading(seq, now - back, Value::Object(m)));
-            // Some readings are sent again with other values and times: dropped.
+            let ts = now - back;
+            readings.push(reading(seq, ts, Value::Object(m)));
+            // Some readings are sent again with other values and times of the same UTC day:
+            // dropped.
             if rng.gen_bool(0.1) {
-                readings.push(reading(seq, now - back / 2, json!({"temp": 10_000})));
+                let other = ts + Span::milliseconds(rng.gen_range(-60_000..60_000));
+                let other = if other.date_naive() == ts.date_naive() {
+                    other
+                } else {
+                    ts
+                };
+                readings.push(reading(seq, other, json!({"temp": 10_000})));
             }
         }
         for chunk in readings.chunks(1000) {
@@ -529,45 +548,11 @@ async fn rollups_equal_aggregates_of_the_raw_readings() {
         0,
         "no repeat was stored"
     );
+    s.roll_up().await;
 
-    // Per minute: the rollup table against the raw readings.
-    type Key = (Uuid, String, DateTime<Utc>);
-    type Stats = (f64, f64, f64, i64);
-    type Row = (Uuid, String, DateTime<Utc>, f64, f64, f64, i64);
-    let raw: Vec<Row> = sqlx::query_as(
-        "SELECT r.device_id, m.key, date_trunc('minute', r.ts, 'UTC'), min(m.value::float8),
-                max(m.value::float8), sum(m.value::float8), count(*)
-         FROM telemetry r CROSS JOIN LATERAL jsonb_each(r.metrics) m GROUP BY 1, 2, 3",
-    )
-    .fetch_all(s.pool())
-    .await
-    .expect("raw per minute");
-    let rolled: Vec<Row> = sqlx::query_as(
-        "SELECT device_id, metric, bucket, min, max, sum, count FROM telemetry_minute",
-    )
-    .fetch_all(s.pool())
-    .await
-    .expect("rollups");
-    let by_key = |rows: Vec<Row>| -> BTreeMap<Key, Stats> {
-        rows.into_iter()
-            .map(|(d, m, b, lo, hi, sum, n)| ((d, m, b), (lo, hi, sum, n)))
-            .collect()
-    };
-    let raw = by_key(raw);
-    let rolled = by_key(rolled);
-    assert!(raw.len() > 100, "many minute buckets: {}", raw.len());
-    assert_eq!(
-        raw.keys().collect::<BTreeSet<_>>(),
-        rolled.keys().collect::<BTreeSet<_>>()
-    );
-    for (key, (lo, hi, sum, n)) in &raw {
-        let (rlo, rhi, rsum, rn) = rolled[key];
-        assert_eq!((rlo, rhi, rn), (*lo, *hi, *n), "{key:?}");
-        assert!(
-            (rsum - sum).abs() <= 1e-9 * sum.abs().max(1.0),
-            "{key:?}: {rsum} vs {sum}"
-        );
-    }
+    // Per minute and latest values: the rollup tables against the raw readings.
+    let buckets = rollups_match_raw(s.pool()).await;
+    assert!(buckets > 100, "many minute buckets: {buckets}");
 
     // Per hour and per minute through the API, against the raw readings.
     for (device, metric) in [(a_id, "temp"), (b_id, "volt.in")] {
@@ -619,6 +604,48 @@ async fn rollups_equal_aggregates_of_the_raw_readings() {
             );
         }
     }
+}
+
+/// Checks the rollups against aggregates of the raw readings: per minute (min, max and count
+/// exactly, sums to 1e-9) and the latest value of each metric (the newest by ts, then seq).
+/// Returns how many minute buckets there are.
+async fn rollups_match_raw(pool: &PgPool) -> usize {
+    type Key = (Uuid, String, DateTime<Utc>);
+    type Stats = (f64, f64, f64, i64);
+    type Row = (Uuid, String, DateTime<Utc>, f64, f64, f64, i64);
+    let raw: Vec<Row> = sqlx::query_as(
+        "SELECT r.device_id, m.key, date_trunc('minute', r.ts, 'UTC'), min(m.value::float8),
+                max(m.value::float8), sum(m.value::float8), count(*)
+         FROM telemetry r CROSS JOIN LATERAL jsonb_each(r.metrics) m GROUP BY 1, 2, 3",
+    )
+    .fetch_all(pool)
+    .await
+    .expect("raw per minute");
+    let rolled: Vec<Row> = sqlx::query_as(
+        "SELECT device_id, metric, bucket, min, max, sum, count FROM telemetry_minute",
+    )
+    .fetch_all(pool)
+    .await
+    .expect("rollups");
+    let by_key = |rows: Vec<Row>| -> BTreeMap<Key, Stats> {
+        rows.into_iter()
+            .map(|(d, m, b, lo, hi, sum, n)| ((d, m, b), (lo, hi, sum, n)))
+            .collect()
+    };
+    let raw = by_key(raw);
+    let rolled = by_key(rolled);
+    assert_eq!(
+        raw.keys().collect::<BTreeSet<_>>(),
+        rolled.keys().collect::<BTreeSet<_>>()
+    );
+    for (key, (lo, hi, sum, n)) in &raw {
+        let (rlo, rhi, rsum, rn) = rolled[key];
+        assert_eq!((rlo, rhi, rn), (*lo, *hi, *n), "{key:?}");
+        assert!(
+            (rsum - sum).abs() <= 1e-9 * sum.abs().max(1.0),
+            "{key:?}: {rsum} vs {sum}"
+        );
+    }
 
     // Latest values: the newest reading (by ts, then seq) of each metric.
     let expected: Vec<(Uuid, String, f64, i64)> = sqlx::query_as(
@@ -626,20 +653,21 @@ async fn rollups_equal_aggregates_of_the_raw_readings() {
          FROM telemetry r CROSS JOIN LATERAL jsonb_each(r.metrics) m
          ORDER BY r.device_id, m.key, r.ts DESC, r.seq DESC",
     )
-    .fetch_all(s.pool())
+    .fetch_all(pool)
     .await
     .expect("raw latest");
     let latest: Vec<(Uuid, String, f64, i64)> = sqlx::query_as(
         "SELECT device_id, metric, value, seq FROM telemetry_latest ORDER BY device_id, metric",
     )
-    .fetch_all(s.pool())
+    .fetch_all(pool)
     .await
     .expect("latest");
     assert_eq!(latest, expected);
+    raw.len()
 }
 
 #[tokio::test]
-async fn retention_drops_old_days_with_their_dedup_rows_and_refuses_them_afterwards() {
+async fn retention_drops_old_days_and_refuses_them_afterwards() {
     let s = site().await;
     let (_, credential) = s.active("T-1").await;
     let pool = s.pool().clone();
@@ -659,15 +687,23 @@ async fn retention_drops_old_days_with_their_dedup_rows_and_refuses_them_afterwa
     assert_eq!(a.body["accepted"], json!(2), "{:?}", a.body);
     let day = old.format("%Y%m%d").to_string();
     let parts = format!(
-        "SELECT count(*) FROM pg_class WHERE relname IN ('telemetry_p{day}', 'telemetry_minute_p{day}')"
+        "SELECT count(*) FROM pg_class WHERE relname IN ('telemetry_p{day}', 'telemetry_p{day}_key', 'telemetry_minute_p{day}')"
     );
-    assert_eq!(count(&pool, &parts).await, 2);
+    assert_eq!(count(&pool, &parts).await, 3);
+    s.roll_up().await;
+    assert_eq!(
+        count(
+            &pool,
+            &format!("SELECT count(*) FROM telemetry_minute_p{day}")
+        )
+        .await,
+        1
+    );
 
     let dropped = ingest::maintain_once(&pool, 2).await.expect("maintenance");
     assert!(dropped >= 2, "dropped {dropped}");
     assert_eq!(count(&pool, &parts).await, 0);
     assert_eq!(count(&pool, "SELECT count(*) FROM telemetry").await, 1);
-    assert_eq!(count(&pool, "SELECT count(*) FROM telemetry_seen").await, 1);
     assert_eq!(
         count(
             &pool,
@@ -696,6 +732,174 @@ async fn retention_drops_old_days_with_their_dedup_rows_and_refuses_them_afterwa
         json!({"accepted": 0, "duplicates": 0, "rejected": [{"index": 0, "seq": 1, "code": "ts_too_old"}]})
     );
     assert_eq!(count(&pool, "SELECT count(*) FROM telemetry").await, 1);
+}
+
+#[tokio::test]
+async fn a_reused_seq_is_a_duplicate_on_its_day_and_a_new_reading_on_another_day() {
+    let s = site().await;
+    let (_, credential) = s.active("T-1").await;
+    let now = Utc::now();
+    // Another time of the same UTC day, and a time of the day before.
+    let same_day = if (now - Span::seconds(1)).date_naive() == now.date_naive() {
+        now - Span::seconds(1)
+    } else {
+        now + Span::milliseconds(500)
+    };
+    let day_before = now - Span::days(1);
+    let post = |readings: Vec<Value>| s.post(&credential, readings);
+    let a = post(vec![reading(1, now, json!({"temp": 1}))]).await;
+    assert_eq!(
+        a.body,
+        json!({"accepted": 1, "duplicates": 0, "rejected": []})
+    );
+    let a = post(vec![reading(1, same_day, json!({"temp": 2}))]).await;
+    assert_eq!(
+        a.body,
+        json!({"accepted": 0, "duplicates": 1, "rejected": []})
+    );
+    let a = post(vec![reading(1, day_before, json!({"temp": 3}))]).await;
+    assert_eq!(
+        a.body,
+        json!({"accepted": 1, "duplicates": 0, "rejected": []})
+    );
+    let a = post(vec![
+        reading(1, day_before, json!({"temp": 4})),
+        reading(1, now, json!({"temp": 5})),
+    ])
+    .await;
+    assert_eq!(
+        a.body,
+        json!({"accepted": 0, "duplicates": 2, "rejected": []})
+    );
+    // The same within one batch.
+    let a = post(vec![
+        reading(2, now, json!({"temp": 6})),
+        reading(2, same_day, json!({"temp": 7})),
+        reading(2, day_before, json!({"temp": 8})),
+    ])
+    .await;
+    assert_eq!(
+        a.body,
+        json!({"accepted": 2, "duplicates": 1, "rejected": []})
+    );
+    let stored: Vec<(i64, f64)> =
+        sqlx::query_as("SELECT seq, (metrics->>'temp')::float8 FROM telemetry ORDER BY seq, ts")
+            .fetch_all(s.pool())
+            .await
+            .expect("stored");
+    assert_eq!(stored, vec![(1, 3.0), (1, 1.0), (2, 8.0), (2, 6.0)]);
+    s.roll_up().await;
+    assert_eq!(
+        count(s.pool(), "SELECT sum(count)::int8 FROM telemetry_minute").await,
+        4
+    );
+}
+
+#[tokio::test]
+async fn the_rollup_worker_killed_mid_batch_applies_every_delta_once() {
+    let s = site().await;
+    let (device, credential) = s.active("T-1").await;
+    let pool = s.pool().clone();
+    let now = Utc::now();
+    let a = s
+        .post(
+            &credential,
+            vec![reading(0, now - Span::minutes(2), json!({"temp": 0}))],
+        )
+        .await;
+    assert_eq!(a.body["accepted"], json!(1));
+    s.roll_up().await;
+    // Five batches over two metrics and several minutes, sent newest first: the latest value
+    // must still be the newest reading.
+    let mut seq = 1;
+    for batch in 0..5 {
+        let readings: Vec<Value> = (0..200)
+            .map(|k| {
+                seq += 1;
+                let ts = now - Span::seconds(60 * batch + (k % 60));
+                reading(seq, ts, json!({"temp": seq % 50, "hum": k}))
+            })
+            .collect();
+        let a = s.post(&credential, readings).await;
+        assert_eq!(a.body["accepted"], json!(200), "{:?}", a.body);
+    }
+    // A reader holds the device's latest row: the worker's step blocks there, after its
+    // minute upserts and before its commit.
+    let mut holder = pool.begin().await.expect("a transaction");
+    sqlx::query(
+        "SELECT 1 FROM telemetry_latest WHERE device_id = $1 AND metric = 'temp' FOR UPDATE",
+    )
+    .bind(device)
+    .execute(&mut *holder)
+    .await
+    .expect("lock the latest row");
+    let (stop, stopped) = watch::channel(false);
+    let config = ingest::rollup::RollupConfig {
+        interval: Duration::from_millis(20),
+        ..Default::default()
+    };
+    let worker = tokio::spawn(ingest::rollup::run(pool.clone(), config, stopped));
+    let blocked = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                   AND wait_event_type = 'Lock' AND query LIKE '%INSERT INTO telemetry_latest%'";
+    eventually("the rollup worker blocked mid-batch", || async {
+        count(&pool, blocked).await == 1
+    })
+    .await;
+    assert_eq!(
+        count(&pool, "SELECT sum(count)::int8 FROM telemetry_minute").await,
+        1,
+        "nothing of the blocked step is visible"
+    );
+    // Killed: its connection is terminated while the step's transaction is open.
+    let killed: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() \
+         AND wait_event_type = 'Lock' AND query LIKE '%INSERT INTO telemetry_latest%'",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("terminate the worker's backend");
+    assert_eq!(killed, vec![true]);
+    holder.rollback().await.expect("release the row");
+    // The same worker retries on a new connection and applies every delta, once.
+    eventually("every delta applied", || async {
+        count(&pool, "SELECT count(*) FROM telemetry_rollup_queue").await == 0
+    })
+    .await;
+    assert_eq!(
+        count(&pool, "SELECT sum(count)::int8 FROM telemetry_minute").await,
+        1 + 2 * 1000
+    );
+    rollups_match_raw(&pool).await;
+    let newest: i64 = count(
+        &pool,
+        "SELECT seq FROM telemetry_latest WHERE metric = 'temp'",
+    )
+    .await;
+    // The newest: ts = now (the first batch), the largest seq at that ts (k = 180).
+    assert_eq!(newest, 182);
+    // An older reading arriving later does not replace the latest value.
+    let a = s
+        .post(
+            &credential,
+            vec![reading(5000, now - Span::hours(1), json!({"temp": 99}))],
+        )
+        .await;
+    assert_eq!(a.body["accepted"], json!(1));
+    eventually("the late reading rolled up", || async {
+        count(&pool, "SELECT count(*) FROM telemetry_rollup_queue").await == 0
+    })
+    .await;
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT seq FROM telemetry_latest WHERE metric = 'temp'"
+        )
+        .await,
+        newest
+    );
+    rollups_match_raw(&pool).await;
+    let _ = stop.send(true);
+    worker.await.expect("the rollup worker stops on shutdown");
 }
 
 // ----- NATS -----
@@ -846,6 +1050,7 @@ async fn a_reading_published_twice_over_nats_and_posted_over_http_is_stored_once
     .await;
     bus.drained().await;
     assert_eq!(s.stored().await, 2);
+    s.roll_up().await;
     assert_eq!(
         count(s.pool(), "SELECT sum(count)::int8 FROM telemetry_minute").await,
         3
@@ -908,10 +1113,7 @@ async fn a_worker_killed_mid_batch_loses_nothing_and_doubles_nothing() {
         .await,
         total
     );
-    assert_eq!(
-        count(s.pool(), "SELECT count(*) FROM telemetry_seen").await,
-        total
-    );
+    s.roll_up().await;
     assert_eq!(
         count(s.pool(), "SELECT sum(count)::int8 FROM telemetry_minute").await,
         2 * total,
@@ -1022,7 +1224,7 @@ async fn a_batch_the_database_refuses_is_naked_and_stored_once_it_recovers() {
     let s = site().await;
     let (device, _) = s.active("T-1").await;
     let bus = Bus::new(|_| {}).await;
-    sqlx::query("ALTER TABLE telemetry_seen RENAME TO telemetry_seen_away")
+    sqlx::query("ALTER TABLE telemetry_rollup_queue RENAME TO telemetry_rollup_queue_away")
         .execute(s.pool())
         .await
         .expect("break the writer");
@@ -1037,7 +1239,7 @@ async fn a_batch_the_database_refuses_is_naked_and_stored_once_it_recovers() {
     })
     .await;
     assert_eq!(s.stored().await, 0);
-    sqlx::query("ALTER TABLE telemetry_seen_away RENAME TO telemetry_seen")
+    sqlx::query("ALTER TABLE telemetry_rollup_queue_away RENAME TO telemetry_rollup_queue")
         .execute(s.pool())
         .await
         .expect("repair the writer");
