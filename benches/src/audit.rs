@@ -155,7 +155,7 @@ fn export_child(ctx: &Ctx, format: &str, file: &Path, expect: i64) -> anyhow::Re
             break status;
         }
         polls += 1;
-        if polls % 50 == 0 {
+        if polls.is_multiple_of(50) {
             if let Some(s) = cpu_sample(None) {
                 backends.extend(s.postgres);
             }
