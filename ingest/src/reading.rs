@@ -617,7 +617,7 @@ mod tests {
             format!(r#"{{"seq": 1, "ts": "{ts}", "metrics": {{"a": {{"x": [1, 2]}}}}}}"#),
             format!(r#"{{"seq": 1, "ts": "{ts}", "metrics": [1, 2]}}"#),
             format!(r#"{{"seq": 1, "ts": "{ts}", "metrics": {{"a": 1}}, "device_id": 7}}"#),
-            format!(r#"{{"seq": 1, "ts": 5, "metrics": {{"a": 1}}}}"#),
+            r#"{"seq": 1, "ts": 5, "metrics": {"a": 1}}"#.to_string(),
             format!(r#"{{"zz": 1, "seq": 2, "ts": "{ts}", "metrics": {{"a": 1}}, "aa": [{{}}]}}"#),
             format!(r#"{{"seq": {{"n": 1}}, "ts": "{ts}", "metrics": {{"a": 1}}}}"#),
             format!(r#"{{"seq": 1, "seq": 2, "ts": "{ts}", "metrics": {{"Bad": 1, "a": null}}}}"#),
