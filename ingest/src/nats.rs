@@ -8,7 +8,8 @@
 //! (bad JSON, a bad reading, an unknown or inactive device, a subject that disagrees with the
 //! payload) is dead-lettered in that same transaction and terminated, so it is not delivered
 //! again. When the database fails, the batch is NAKed with a delay that grows with the
-//! delivery count, and the worker pauses as long before it takes more.
+//! delivery count, and the worker pauses as long before it takes more. Device status comes
+//! from the event store; a device found active is remembered as such for `active_for`.
 
 use crate::reading::{self, Code, Reading, Rejection};
 use crate::store::{self, DeadLetter, DeviceState};
