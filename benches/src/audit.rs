@@ -18,19 +18,16 @@
 
 use crate::read_side::{
     chain_figures, connect, count_events, merge_outcomes, mix_round, open_people, print_outcomes,
-    wait_for_horizon, Minter, Outcome, Shared,
+    start_load_server, wait_for_horizon, Outcome, Shared,
 };
-use crate::{
-    cpu_sample, cpu_share, describe_setup, http_client, proc_ticks, Api, CpuSample, CpuShare, Ctx,
-    Server,
-};
+use crate::{cpu_sample, cpu_share, describe_setup, proc_ticks, CpuSample, CpuShare, Ctx, Server};
 use anyhow::{anyhow, bail, Context};
 use futures::TryStreamExt;
 use sqlx::PgPool;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -345,27 +342,7 @@ pub(crate) async fn run_audit(ctx: &Ctx, admin_url: &str) -> anyhow::Result<()> 
     let _scratch = Scratch(vec![ndjson_file.clone(), csv_file.clone()]);
 
     // 1. The load, as the rebuild bench's: API only.
-    let mut server = ctx.start_server_with_roles("api").await?;
-    eprintln!(
-        "audit: chronicle (--roles api) is serving at {} (pid {})",
-        server.base,
-        server.pid()
-    );
-    let minter = Arc::new(Minter::new(&ctx.secret));
-    let shared = Arc::new(Shared {
-        api: Api {
-            client: http_client(clients)?,
-            base: server.base.clone(),
-        },
-        people: Vec::new(),
-        payments: minter.mint("bench-payments", &["payments"])?,
-        admin: minter.mint("bench-admin", &["admin"])?,
-        arbiter: minter.mint("bench-arbiter", &["arbiter"])?,
-        run_id: ctx.run_id.clone(),
-        seq: AtomicU64::new(0),
-        max_position: AtomicI64::new(0),
-        stop: AtomicBool::new(false),
-    });
+    let (mut server, minter, shared) = start_load_server(ctx, clients, "audit").await?;
     eprintln!(
         "audit: opening {} customers (account, EUR wallet, deposit; half with KYC)",
         a.accounts

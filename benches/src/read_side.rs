@@ -832,18 +832,16 @@ struct RawTable {
 /// Rows per fetched chunk and per INSERT of the raw baseline.
 const RAW_CHUNK: usize = 1_000;
 
-pub(crate) async fn run_rebuild(ctx: &Ctx, admin_url: &str) -> anyhow::Result<()> {
-    let a = &ctx.args;
-    let projectors = projections::all();
-    if projectors.is_empty() {
-        bail!("projections::all() is empty: nothing to rebuild");
-    }
-    let clients = a.concurrency.max(1);
-
-    // 1. Load over HTTP, API only.
-    let mut server = ctx.start_server_with_roles("api").await?;
+/// Starts `chronicle serve --roles api` for loading the command mix over HTTP, with the
+/// tokens and client the load tasks share; `what` names the bench in its log lines.
+pub(crate) async fn start_load_server(
+    ctx: &Ctx,
+    clients: usize,
+    what: &str,
+) -> anyhow::Result<(crate::Server, Arc<Minter>, Arc<Shared>)> {
+    let server = ctx.start_server_with_roles("api").await?;
     eprintln!(
-        "rebuild: chronicle (--roles api) is serving at {} (pid {})",
+        "{what}: chronicle (--roles api) is serving at {} (pid {})",
         server.base,
         server.pid()
     );
@@ -862,6 +860,19 @@ pub(crate) async fn run_rebuild(ctx: &Ctx, admin_url: &str) -> anyhow::Result<()
         max_position: AtomicI64::new(0),
         stop: AtomicBool::new(false),
     });
+    Ok((server, minter, shared))
+}
+
+pub(crate) async fn run_rebuild(ctx: &Ctx, admin_url: &str) -> anyhow::Result<()> {
+    let a = &ctx.args;
+    let projectors = projections::all();
+    if projectors.is_empty() {
+        bail!("projections::all() is empty: nothing to rebuild");
+    }
+    let clients = a.concurrency.max(1);
+
+    // 1. Load over HTTP, API only.
+    let (mut server, minter, shared) = start_load_server(ctx, clients, "rebuild").await?;
     eprintln!(
         "rebuild: opening {} customers (account, EUR wallet, deposit; half with KYC)",
         a.accounts
