@@ -34,7 +34,7 @@ use uuid::Uuid;
 /// The largest telemetry body: 1,000 readings of a dozen metrics fit several times over.
 pub const MAX_TELEMETRY_BODY_BYTES: usize = 1024 * 1024;
 /// The most readings in one request.
-pub const MAX_READINGS: usize = 1000;
+pub const MAX_READINGS: usize = ingest::reading::MAX_READINGS;
 /// The range of times a query may name (seconds since the epoch: 1970 to 9999).
 const EARLIEST: i64 = 0;
 const LATEST: i64 = 253_402_300_799;

@@ -1,17 +1,20 @@
 //! The NATS JetStream ingest worker.
 //!
-//! A device (or a gateway) publishes one reading as JSON to `<prefix>.<device_id>`; stream
-//! `TELEMETRY` captures `<prefix>.>` and a durable pull consumer shares the messages among
-//! every worker of every process. A worker takes what has arrived, up to `batch_max` messages
-//! or `batch_wait` after the first one, checks them, and writes the whole batch in one
-//! transaction; only after the commit does it acknowledge them. What can never be accepted
-//! (bad JSON, a bad reading, an unknown or inactive device, a subject that disagrees with the
-//! payload) is dead-lettered in that same transaction and terminated, so it is not delivered
-//! again. When the database fails, the batch is NAKed with a delay that grows with the
+//! A device (or a gateway) publishes to `<prefix>.<device_id>` one reading as JSON, or a
+//! batch of that device's readings in the HTTP body's shape, `{"readings": [...]}` (1 to
+//! 1,000); stream `TELEMETRY` captures `<prefix>.>` and a durable pull consumer shares the
+//! messages among every worker of every process. A worker takes what has arrived, up to
+//! `batch_max` messages or `batch_wait` after the first one, checks them, and writes all their
+//! readings in one transaction; only after the commit does it acknowledge them. What can never
+//! be accepted is dead-lettered in that same transaction: a whole message (bad JSON, a bad
+//! single reading, a malformed, empty, oversized or too large batch, an unknown or inactive
+//! device, a subject that disagrees with the payload) is then terminated, so it is not
+//! delivered again; a refused reading of a batch gets a letter of its own and the rest of its
+//! message is stored and acknowledged. When the database fails, the batch is NAKed with a delay that grows with the
 //! delivery count, and the worker pauses as long before it takes more. Device status comes
 //! from the event store; a device found active is remembered as such for `active_for`.
 
-use crate::reading::{self, Code, Reading, Rejection};
+use crate::reading::{self, Code, Reading, Rejection, WireMessage};
 use crate::store::{self, DeadLetter, DeviceState};
 use async_nats::jetstream::consumer::pull::{Config as ConsumerConfig, Stream as Messages};
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer};
@@ -21,10 +24,19 @@ use chrono::Utc;
 use futures::StreamExt;
 use sqlx::PgPool;
 use std::collections::{BTreeSet, HashMap};
+use std::ops::Range;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use uuid::Uuid;
+
+/// The largest payload the worker takes by default: the HTTP body's limit, which 1,000
+/// readings of a dozen metrics fit several times over (the benchmark's 1,000 readings of four
+/// metrics are about 117 KB).
+pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
+/// Room for a message's headers (`Nats-Msg-Id` and the like) in the stream's size limit,
+/// which counts them with the payload.
+pub const HEADER_ALLOWANCE: usize = 4096;
 
 /// Where telemetry arrives on NATS and how the worker takes it.
 #[derive(Debug, Clone)]
@@ -53,6 +65,9 @@ pub struct NatsConfig {
     pub duplicate_window: Duration,
     /// How long the stream keeps messages.
     pub max_age: Duration,
+    /// The largest payload the worker takes (a larger one is dead-lettered whole); the stream
+    /// refuses messages over this plus [`HEADER_ALLOWANCE`] at publish time.
+    pub max_message_bytes: usize,
     /// The first NAK delay after a database failure; it doubles with each delivery.
     pub nak_delay: Duration,
     /// The longest NAK delay.
@@ -73,6 +88,7 @@ impl Default for NatsConfig {
             max_deliver: 50,
             duplicate_window: Duration::from_secs(120),
             max_age: Duration::from_secs(7 * 24 * 3600),
+            max_message_bytes: MAX_MESSAGE_BYTES,
             nak_delay: Duration::from_millis(500),
             nak_delay_max: Duration::from_secs(60),
         }
@@ -139,6 +155,8 @@ pub async fn setup(js: &Context, config: &NatsConfig) -> Result<PullConsumer, Na
         retention: RetentionPolicy::Limits,
         max_age: config.max_age,
         duplicate_window: config.duplicate_window,
+        max_message_size: i32::try_from(config.max_message_bytes + HEADER_ALLOWANCE)
+            .unwrap_or(i32::MAX),
         ..Default::default()
     })
     .await
@@ -176,14 +194,42 @@ pub struct Worker {
     config: NatsConfig,
 }
 
-/// What became of a message of a batch.
+/// What becomes of a message of a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Fate {
-    /// A valid reading: index into the batch's readings.
-    Reading(usize),
-    /// Dead-lettered and terminated.
+    /// Its readings (one, or a batch's) go to the write, its refused ones to their letters;
+    /// acknowledged after the commit.
+    Readings,
+    /// Refused whole: dead-lettered and terminated.
     Dead,
     /// Not a JetStream message: terminated without a letter.
     Stray,
+}
+
+/// A message of a batch as the worker holds it until it is acknowledged.
+struct Held {
+    fate: Fate,
+    /// The device its subject names (for [`Fate::Readings`]).
+    device: Uuid,
+    /// Its readings' letters in `Parsed::reading_letters`.
+    letters: Range<usize>,
+    stream_seq: i64,
+    delivered: i64,
+}
+
+/// A batch of messages after parsing and validation.
+struct Parsed {
+    held: Vec<Held>,
+    /// The valid readings of every message, in order.
+    readings: Vec<Reading>,
+    /// For each reading: its message, and its index in its batch message (`None` for a
+    /// single-reading message).
+    origin: Vec<(usize, Option<i32>)>,
+    /// Letters of whole messages.
+    letters: Vec<DeadLetter>,
+    /// Letters of refused readings of batch messages (kept only if their message is not
+    /// refused whole later, for its device).
+    reading_letters: Vec<DeadLetter>,
 }
 
 impl Worker {
@@ -273,74 +319,16 @@ impl Worker {
     /// NAKed and the worker should pause for the returned delay.
     pub async fn handle(&mut self, batch: Vec<Message>) -> Result<(), Duration> {
         let started = Instant::now();
-        let now = Utc::now();
-        let prefix = format!("{}.", self.config.subject_prefix);
-        let mut readings: Vec<Reading> = Vec::new();
-        let mut letters: Vec<DeadLetter> = Vec::new();
-        let mut fates: Vec<Fate> = Vec::with_capacity(batch.len());
-        let mut deliveries: Vec<i64> = Vec::with_capacity(batch.len());
-        let mut stream_seqs: Vec<i64> = Vec::with_capacity(batch.len());
-        for msg in &batch {
-            let Ok(info) = msg.info() else {
-                tracing::warn!(subject = %msg.subject, "a message without JetStream metadata; terminated");
-                fates.push(Fate::Stray);
-                deliveries.push(1);
-                stream_seqs.push(0);
-                continue;
-            };
-            let stream_seq = i64::try_from(info.stream_sequence).unwrap_or(i64::MAX);
-            deliveries.push(info.delivered);
-            stream_seqs.push(stream_seq);
-            let letter = |r: Rejection| DeadLetter {
-                stream: self.config.stream.clone(),
-                stream_seq,
-                subject: msg.subject.to_string(),
-                payload: msg.payload.to_vec(),
-                reason: r.code,
-                detail: r.detail,
-                deliveries: i32::try_from(info.delivered).unwrap_or(i32::MAX),
-            };
-            let device = msg
-                .subject
-                .as_str()
-                .strip_prefix(prefix.as_str())
-                .and_then(|id| Uuid::try_parse(id).ok());
-            let parsed = match device {
-                None => Err(Rejection {
-                    code: Code::BadSubject,
-                    seq: None,
-                    detail: format!("the subject must be {prefix}<device_id>"),
-                }),
-                Some(device) => reading::parse(&msg.payload, device, now),
-            };
-            match parsed {
-                Ok(r) => {
-                    fates.push(Fate::Reading(readings.len()));
-                    readings.push(r);
-                }
-                Err(r) => {
-                    letters.push(letter(r));
-                    fates.push(Fate::Dead);
-                }
-            }
-        }
-        let parsed = Instant::now();
-        let result = self
-            .write(
-                &batch,
-                &mut fates,
-                readings,
-                letters,
-                &stream_seqs,
-                &deliveries,
-            )
-            .await;
+        let mut parsed = self.parse(&batch);
+        let readings = parsed.readings.len();
+        let parsed_at = Instant::now();
+        let result = self.write(&batch, &mut parsed).await;
         let written = Instant::now();
         match result {
             Ok(()) => {
-                for (msg, fate) in batch.iter().zip(&fates) {
-                    let kind = match fate {
-                        Fate::Reading(_) => AckKind::Ack,
+                for (msg, held) in batch.iter().zip(&parsed.held) {
+                    let kind = match held.fate {
+                        Fate::Readings => AckKind::Ack,
                         Fate::Dead | Fate::Stray => AckKind::Term,
                     };
                     if let Err(error) = msg.ack_with(kind).await {
@@ -352,15 +340,16 @@ impl Worker {
                 }
                 tracing::debug!(
                     messages = batch.len(),
-                    parse_us = (parsed - started).as_micros() as u64,
-                    write_us = (written - parsed).as_micros() as u64,
+                    readings,
+                    parse_us = (parsed_at - started).as_micros() as u64,
+                    write_us = (written - parsed_at).as_micros() as u64,
                     ack_us = written.elapsed().as_micros() as u64,
                     "telemetry batch"
                 );
                 Ok(())
             }
             Err(error) => {
-                let most = deliveries.iter().copied().max().unwrap_or(1);
+                let most = parsed.held.iter().map(|h| h.delivered).max().unwrap_or(1);
                 let delay = self.nak_delay(most);
                 tracing::warn!(%error, messages = batch.len(), delay_ms = delay.as_millis() as u64, "telemetry batch not stored; NAKed for redelivery");
                 for msg in &batch {
@@ -372,24 +361,140 @@ impl Worker {
         }
     }
 
-    /// Refuses the readings of unknown and inactive devices (as letters), then writes the
-    /// rest with the letters in one transaction.
-    async fn write(
-        &mut self,
-        batch: &[Message],
-        fates: &mut [Fate],
-        readings: Vec<Reading>,
-        mut letters: Vec<DeadLetter>,
-        stream_seqs: &[i64],
-        deliveries: &[i64],
-    ) -> Result<(), sqlx::Error> {
+    /// Parses and checks every message: the valid readings, and letters for what is refused
+    /// (whole messages, and single readings of batch messages).
+    fn parse(&self, batch: &[Message]) -> Parsed {
+        let now = Utc::now();
+        let prefix = format!("{}.", self.config.subject_prefix);
+        let mut p = Parsed {
+            held: Vec::with_capacity(batch.len()),
+            readings: Vec::with_capacity(batch.len()),
+            origin: Vec::with_capacity(batch.len()),
+            letters: Vec::new(),
+            reading_letters: Vec::new(),
+        };
+        for (i, msg) in batch.iter().enumerate() {
+            let Ok(info) = msg.info() else {
+                tracing::warn!(subject = %msg.subject, "a message without JetStream metadata; terminated");
+                p.held.push(Held {
+                    fate: Fate::Stray,
+                    device: Uuid::nil(),
+                    letters: 0..0,
+                    stream_seq: 0,
+                    delivered: 1,
+                });
+                continue;
+            };
+            let mut held = Held {
+                fate: Fate::Dead,
+                device: Uuid::nil(),
+                letters: 0..0,
+                stream_seq: i64::try_from(info.stream_sequence).unwrap_or(i64::MAX),
+                delivered: info.delivered,
+            };
+            let device = msg
+                .subject
+                .as_str()
+                .strip_prefix(prefix.as_str())
+                .and_then(|id| Uuid::try_parse(id).ok());
+            let message = match device {
+                None => Err(Rejection {
+                    code: Code::BadSubject,
+                    seq: None,
+                    detail: format!("the subject must be {prefix}<device_id>"),
+                }),
+                Some(_) if msg.payload.len() > self.config.max_message_bytes => Err(Rejection {
+                    code: Code::MessageTooLarge,
+                    seq: None,
+                    detail: format!(
+                        "{} bytes; at most {} per message",
+                        msg.payload.len(),
+                        self.config.max_message_bytes
+                    ),
+                }),
+                Some(_) => reading::parse_message(&msg.payload),
+            };
+            let device = device.unwrap_or_default();
+            held.device = device;
+            match message {
+                Err(r) => p.letters.push(self.letter(msg, &held, None, r, None)),
+                Ok(WireMessage::One(wire)) => match reading::check(wire, device, now) {
+                    Ok(r) => {
+                        held.fate = Fate::Readings;
+                        p.origin.push((i, None));
+                        p.readings.push(r);
+                    }
+                    Err(r) => p.letters.push(self.letter(msg, &held, None, r, None)),
+                },
+                Ok(WireMessage::Batch(wires)) => {
+                    held.fate = Fate::Readings;
+                    let first_letter = p.reading_letters.len();
+                    // The readings' own texts, read only if one of them is refused.
+                    let mut texts: Option<Vec<&[u8]>> = None;
+                    for (j, wire) in wires.into_iter().enumerate() {
+                        let j = i32::try_from(j).unwrap_or(i32::MAX);
+                        match reading::check(wire, device, now) {
+                            Ok(r) => {
+                                p.origin.push((i, Some(j)));
+                                p.readings.push(r);
+                            }
+                            Err(r) => {
+                                let texts = texts
+                                    .get_or_insert_with(|| {
+                                        reading::batch_texts(&msg.payload).unwrap_or_default()
+                                    })
+                                    .as_slice();
+                                let text = usize::try_from(j).ok().and_then(|j| texts.get(j));
+                                p.reading_letters.push(self.letter(
+                                    msg,
+                                    &held,
+                                    Some(j),
+                                    r,
+                                    text.copied(),
+                                ));
+                            }
+                        }
+                    }
+                    held.letters = first_letter..p.reading_letters.len();
+                }
+            }
+            p.held.push(held);
+        }
+        p
+    }
+
+    /// The dead letter of `msg` (whole), or of its reading `index` (with its own `text`).
+    fn letter(
+        &self,
+        msg: &Message,
+        held: &Held,
+        index: Option<i32>,
+        r: Rejection,
+        text: Option<&[u8]>,
+    ) -> DeadLetter {
+        DeadLetter {
+            stream: self.config.stream.clone(),
+            stream_seq: held.stream_seq,
+            reading_index: index,
+            subject: msg.subject.to_string(),
+            payload: text.unwrap_or(&msg.payload).to_vec(),
+            reason: r.code,
+            detail: r.detail,
+            deliveries: i32::try_from(held.delivered).unwrap_or(i32::MAX),
+        }
+    }
+
+    /// Refuses the messages of unknown and inactive devices whole (as letters), then writes
+    /// the readings of the others with every letter in one transaction.
+    async fn write(&mut self, batch: &[Message], p: &mut Parsed) -> Result<(), sqlx::Error> {
         // The event store is asked about the devices not known to be active just now.
         let now = Instant::now();
         self.active.retain(|_, until| *until > now);
-        let devices: Vec<Uuid> = readings
+        let devices: Vec<Uuid> = p
+            .held
             .iter()
-            .map(|r| r.device_id)
-            .filter(|d| !self.active.contains_key(d))
+            .filter(|h| h.fate == Fate::Readings && !self.active.contains_key(&h.device))
+            .map(|h| h.device)
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
@@ -409,62 +514,73 @@ impl Worker {
                 self.active.insert(*device, until);
             }
         }
-        let letter = |i: usize, code: Code, detail: String| DeadLetter {
-            stream: self.config.stream.clone(),
-            stream_seq: stream_seqs[i],
-            subject: batch[i].subject.to_string(),
-            payload: batch[i].payload.to_vec(),
-            reason: code,
-            detail,
-            deliveries: i32::try_from(deliveries[i]).unwrap_or(i32::MAX),
-        };
-        // Keep the readings of active devices; map each kept reading back to its message.
-        let mut readings: Vec<Option<Reading>> = readings.into_iter().map(Some).collect();
-        let mut kept: Vec<Reading> = Vec::with_capacity(readings.len());
-        let mut kept_msg: Vec<usize> = Vec::with_capacity(readings.len());
-        for (i, fate) in fates.iter_mut().enumerate() {
-            let Fate::Reading(r) = *fate else { continue };
-            let Some(reading) = readings[r].take() else {
+        // Messages of devices that may not send are refused whole; the letters of the others'
+        // refused readings are kept.
+        let mut letters = std::mem::take(&mut p.letters);
+        for (i, held) in p.held.iter_mut().enumerate() {
+            if held.fate != Fate::Readings {
                 continue;
-            };
-            let state = if self.active.contains_key(&reading.device_id) {
+            }
+            let state = if self.active.contains_key(&held.device) {
                 Some(&DeviceState::Active)
             } else {
-                states.get(&reading.device_id)
+                states.get(&held.device)
             };
-            let refusal = match state {
-                Some(DeviceState::Active) => None,
-                Some(DeviceState::Inactive) => Some((
+            let (code, detail) = match state {
+                Some(DeviceState::Active) => {
+                    letters.extend_from_slice(&p.reading_letters[held.letters.clone()]);
+                    continue;
+                }
+                Some(DeviceState::Inactive) => (
                     Code::DeviceInactive,
-                    format!("device {} is not active", reading.device_id),
-                )),
-                _ => Some((
-                    Code::UnknownDevice,
-                    format!("no device {}", reading.device_id),
-                )),
+                    format!("device {} is not active", held.device),
+                ),
+                _ => (Code::UnknownDevice, format!("no device {}", held.device)),
             };
-            match refusal {
-                None => {
-                    *fate = Fate::Reading(kept.len());
-                    kept_msg.push(i);
-                    kept.push(reading);
-                }
-                Some((code, detail)) => {
-                    letters.push(letter(i, code, detail));
-                    *fate = Fate::Dead;
-                }
+            held.fate = Fate::Dead;
+            let r = Rejection {
+                code,
+                seq: None,
+                detail,
+            };
+            letters.push(self.letter(&batch[i], held, None, r, None));
+        }
+        // The readings of messages still accepted, each mapped back to its origin.
+        let mut kept: Vec<Reading> = Vec::with_capacity(p.readings.len());
+        let mut kept_origin: Vec<(usize, Option<i32>)> = Vec::with_capacity(p.readings.len());
+        for (reading, origin) in p.readings.drain(..).zip(p.origin.drain(..)) {
+            if p.held[origin.0].fate == Fate::Readings {
+                kept.push(reading);
+                kept_origin.push(origin);
             }
         }
+        // The texts of batch messages that have readings behind the retention horizon.
+        let mut texts: HashMap<usize, Vec<&[u8]>> = HashMap::new();
+        let held = &p.held;
         let written = store::write(&self.pool, &kept, &letters, |k| {
-            Some(letter(
-                kept_msg[k],
-                Code::TsTooOld,
-                "ts is before the retention horizon".to_owned(),
-            ))
+            let (i, index) = kept_origin[k];
+            let msg = &batch[i];
+            let text = index.and_then(|j| {
+                let texts = texts
+                    .entry(i)
+                    .or_insert_with(|| reading::batch_texts(&msg.payload).unwrap_or_default());
+                usize::try_from(j).ok().and_then(|j| texts.get(j).copied())
+            });
+            let r = Rejection {
+                code: Code::TsTooOld,
+                seq: Some(kept[k].seq),
+                detail: "ts is before the retention horizon".to_owned(),
+            };
+            Some(self.letter(msg, &held[i], index, r, text))
         })
         .await?;
+        // A single reading behind the horizon is its whole message: terminated. A batch's
+        // readings have their own letters; the message is acknowledged.
         for k in &written.too_old {
-            fates[kept_msg[*k]] = Fate::Dead;
+            let (i, index) = kept_origin[*k];
+            if index.is_none() {
+                p.held[i].fate = Fate::Dead;
+            }
         }
         let refused = letters.len() + written.too_old.len();
         metrics::counter!("chronicle_telemetry_readings_total", "path" => "nats", "outcome" => "accepted")

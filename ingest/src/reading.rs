@@ -15,6 +15,8 @@ pub const MAX_FUTURE: Duration = Duration::minutes(5);
 pub const MAX_METRICS: usize = 64;
 /// The longest metric name.
 pub const MAX_METRIC_NAME: usize = 64;
+/// The most readings in one batch: an HTTP request, or a NATS message `{"readings": [...]}`.
+pub const MAX_READINGS: usize = 1000;
 
 /// A valid reading of one device.
 #[derive(Debug, Clone, PartialEq)]
@@ -59,6 +61,14 @@ pub enum Code {
     UnknownDevice,
     /// The NATS subject is not `<prefix>.<device_id>`.
     BadSubject,
+    /// A NATS batch message that is not `{"readings": [...]}` and nothing else.
+    BadBatch,
+    /// A NATS batch message without readings.
+    NoReadings,
+    /// A NATS batch message of more than 1,000 readings.
+    TooManyReadings,
+    /// A NATS message larger than the worker takes.
+    MessageTooLarge,
 }
 
 impl Code {
@@ -77,6 +87,10 @@ impl Code {
             Code::DeviceInactive => "device_inactive",
             Code::UnknownDevice => "unknown_device",
             Code::BadSubject => "bad_subject",
+            Code::BadBatch => "bad_batch",
+            Code::NoReadings => "no_readings",
+            Code::TooManyReadings => "too_many_readings",
+            Code::MessageTooLarge => "message_too_large",
         }
     }
 }
@@ -243,20 +257,80 @@ pub fn check(wire: WireReading, device: Uuid, now: DateTime<Utc>) -> Result<Read
 
 /// Parses and checks a NATS payload: one reading of `device` as JSON.
 pub fn parse(payload: &[u8], device: Uuid, now: DateTime<Utc>) -> Result<Reading, Rejection> {
-    let wire: WireReading = serde_json::from_slice(payload).map_err(|e| {
-        // serde_json refuses numbers beyond f64 instead of making them infinite.
-        let code = if e.to_string().starts_with("number out of range") {
-            Code::NotFinite
-        } else {
-            Code::BadJson
-        };
-        Rejection::new(
-            code,
-            None,
-            format!("the payload is not a JSON reading: {e}"),
-        )
-    })?;
+    let wire: WireReading = serde_json::from_slice(payload).map_err(not_json)?;
     check(wire, device, now)
+}
+
+/// A payload serde_json could not read: not JSON, or (its only other refusal) a number
+/// beyond f64, which it refuses instead of making infinite.
+fn not_json(e: serde_json::Error) -> Rejection {
+    let code = if e.to_string().starts_with("number out of range") {
+        Code::NotFinite
+    } else {
+        Code::BadJson
+    };
+    Rejection::new(
+        code,
+        None,
+        format!("the payload is not a JSON reading: {e}"),
+    )
+}
+
+/// What a NATS message carries, before its readings are checked (each with [`check`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum WireMessage {
+    /// One reading: the message is the reading (any JSON value; [`check`] gives the verdict).
+    One(WireReading),
+    /// A batch, `{"readings": [...]}` exactly as the HTTP body: 1 to [`MAX_READINGS`]
+    /// readings of the subject's device, each checked on its own.
+    Batch(Vec<WireReading>),
+}
+
+/// Reads a NATS payload: one reading, or a batch `{"readings": [...]}`. A payload that is
+/// not JSON, or a batch that is not of that shape (another top-level field, `readings` not
+/// an array) or holds no readings or more than [`MAX_READINGS`], is refused whole.
+pub fn parse_message(payload: &[u8]) -> Result<WireMessage, Rejection> {
+    let top: TopLevel = serde_json::from_slice(payload).map_err(not_json)?;
+    let Some(readings) = top.readings else {
+        return Ok(WireMessage::One(top.reading));
+    };
+    let whole = |code, detail: String| Err(Rejection::new(code, None, detail));
+    if top.fields > 1 {
+        return whole(
+            Code::BadBatch,
+            "a batch is {\"readings\": [...]} with no other field".to_owned(),
+        );
+    }
+    match readings {
+        ReadingsField { readings: None, .. } => whole(
+            Code::BadBatch,
+            "readings must be an array of readings".to_owned(),
+        ),
+        ReadingsField { total: 0, .. } => whole(
+            Code::NoReadings,
+            "a batch carries at least one reading".to_owned(),
+        ),
+        ReadingsField { total, .. } if total > MAX_READINGS => whole(
+            Code::TooManyReadings,
+            format!("{total} readings; at most {MAX_READINGS} per message"),
+        ),
+        ReadingsField {
+            readings: Some(readings),
+            ..
+        } => Ok(WireMessage::Batch(readings)),
+    }
+}
+
+/// The readings of a batch message as they were sent, each its own JSON text (for the dead
+/// letter of a refused one). `None` if `payload` is not a batch.
+pub fn batch_texts(payload: &[u8]) -> Option<Vec<&[u8]>> {
+    #[derive(Deserialize)]
+    struct Texts<'a> {
+        #[serde(borrow)]
+        readings: Vec<&'a serde_json::value::RawValue>,
+    }
+    let texts: Texts = serde_json::from_slice(payload).ok()?;
+    Some(texts.readings.iter().map(|r| r.get().as_bytes()).collect())
 }
 
 // ----- Deserializing a WireReading: every JSON shape is a value, faults are kept for `check`.
@@ -267,6 +341,7 @@ enum Key {
     Ts,
     Metrics,
     DeviceId,
+    Readings,
     Other(String),
 }
 
@@ -284,6 +359,7 @@ impl<'de> Deserialize<'de> for Key {
                     "ts" => Key::Ts,
                     "metrics" => Key::Metrics,
                     "device_id" => Key::DeviceId,
+                    "readings" => Key::Readings,
                     other => Key::Other(other.to_owned()),
                 })
             }
@@ -492,11 +568,13 @@ impl<'de> Deserialize<'de> for WireReading {
                         Key::Ts => w.ts = a.next_value::<TsField>()?.0,
                         Key::Metrics => w.metrics = a.next_value::<MetricsField>()?.0,
                         Key::DeviceId => w.device_id = Some(a.next_value::<DeviceField>()?.0),
+                        Key::Readings => {
+                            a.next_value::<IgnoredAny>()?;
+                            w.unknown_field("readings");
+                        }
                         Key::Other(name) => {
                             a.next_value::<IgnoredAny>()?;
-                            if w.unknown.as_ref().is_none_or(|u| name < *u) {
-                                w.unknown = Some(name);
-                            }
+                            w.unknown_field(&name);
                         }
                     }
                 }
@@ -508,6 +586,145 @@ impl<'de> Deserialize<'de> for WireReading {
             other_shapes!(WireReading::default());
         }
         d.deserialize_any(V)
+    }
+}
+
+impl WireReading {
+    /// Remembers a field that is not one of the reading's: the first by name is reported.
+    fn unknown_field(&mut self, name: &str) {
+        if self.unknown.as_deref().is_none_or(|u| name < u) {
+            self.unknown = Some(name.to_owned());
+        }
+    }
+}
+
+/// `readings` of a batch: up to [`MAX_READINGS`] readings kept, all of them counted; `None`
+/// if it was not an array.
+struct ReadingsField {
+    readings: Option<Vec<WireReading>>,
+    total: usize,
+}
+
+impl<'de> Deserialize<'de> for ReadingsField {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = ReadingsField;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<ReadingsField, A::Error> {
+                let mut readings =
+                    Vec::with_capacity(a.size_hint().unwrap_or(16).min(MAX_READINGS));
+                let mut total = 0;
+                while total < MAX_READINGS {
+                    match a.next_element::<WireReading>()? {
+                        Some(r) => readings.push(r),
+                        None => break,
+                    }
+                    total += 1;
+                }
+                // Past the limit the rest is only counted (the message is refused whole).
+                while a.next_element::<IgnoredAny>()?.is_some() {
+                    total += 1;
+                }
+                Ok(ReadingsField {
+                    readings: Some(readings),
+                    total,
+                })
+            }
+            fn visit_map<A: MapAccess<'de>>(self, a: A) -> Result<ReadingsField, A::Error> {
+                drain_map(a).map(|()| ReadingsField {
+                    readings: None,
+                    total: 0,
+                })
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<ReadingsField, E> {
+                Ok(ReadingsField {
+                    readings: None,
+                    total: 0,
+                })
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<ReadingsField, E> {
+                self.visit_str("")
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<ReadingsField, E> {
+                self.visit_str("")
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<ReadingsField, E> {
+                self.visit_str("")
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<ReadingsField, E> {
+                self.visit_str("")
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<ReadingsField, E> {
+                self.visit_str("")
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A NATS payload's top level: the fields of a single reading, or `readings` (a batch);
+/// `fields` counts the object's fields, so that a batch with another field is told apart.
+struct TopLevel {
+    reading: WireReading,
+    readings: Option<ReadingsField>,
+    fields: usize,
+}
+
+impl<'de> Deserialize<'de> for TopLevel {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = TopLevel;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<TopLevel, A::Error> {
+                let mut w = WireReading {
+                    object: true,
+                    ..WireReading::default()
+                };
+                let mut readings = None;
+                let mut fields = 0;
+                while let Some(key) = a.next_key::<Key>()? {
+                    fields += 1;
+                    match key {
+                        Key::Seq => w.seq = a.next_value::<SeqField>()?.0,
+                        Key::Ts => w.ts = a.next_value::<TsField>()?.0,
+                        Key::Metrics => w.metrics = a.next_value::<MetricsField>()?.0,
+                        Key::DeviceId => w.device_id = Some(a.next_value::<DeviceField>()?.0),
+                        // A repeated `readings` counts as another field: refused whole.
+                        Key::Readings => readings = Some(a.next_value::<ReadingsField>()?),
+                        Key::Other(name) => {
+                            a.next_value::<IgnoredAny>()?;
+                            w.unknown_field(&name);
+                        }
+                    }
+                }
+                Ok(TopLevel {
+                    reading: w,
+                    readings,
+                    fields,
+                })
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<TopLevel, E> {
+                Ok(TopLevel::not_an_object())
+            }
+            other_shapes!(TopLevel::not_an_object());
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl TopLevel {
+    fn not_an_object() -> Self {
+        TopLevel {
+            reading: WireReading::default(),
+            readings: None,
+            fields: 0,
+        }
     }
 }
 
@@ -651,6 +868,77 @@ mod tests {
             let e = parse(case.as_bytes(), Uuid::nil(), now()).err();
             assert_eq!(e.map(|e| (e.code, e.seq)), Some((Code::BadReading, None)));
         }
+    }
+
+    #[test]
+    fn a_message_is_one_reading_or_a_batch_of_them() {
+        let ts = "2025-03-01T12:00:00Z";
+        let one = format!(r#"{{"seq": 1, "ts": "{ts}", "metrics": {{"a": 1}}}}"#);
+        let batch = format!(r#"{{"readings": [{one}, {{"seq": 2}}, 7]}}"#);
+        let whole = |s: &str| parse_message(s.as_bytes()).err().map(|r| r.code);
+        // One reading reads exactly as `parse` reads it.
+        let m = parse_message(one.as_bytes());
+        let Ok(WireMessage::One(wire)) = m else {
+            panic!("one reading: {m:?}")
+        };
+        assert_eq!(
+            check(wire, Uuid::nil(), now()),
+            parse(one.as_bytes(), Uuid::nil(), now())
+        );
+        // A batch: each reading checked on its own, as over HTTP.
+        let m = parse_message(batch.as_bytes());
+        let Ok(WireMessage::Batch(wires)) = m else {
+            panic!("a batch: {m:?}")
+        };
+        let codes: Vec<Option<Code>> = wires
+            .into_iter()
+            .map(|w| check(w, Uuid::nil(), now()).err().map(|r| r.code))
+            .collect();
+        assert_eq!(
+            codes,
+            vec![None, Some(Code::BadReading), Some(Code::BadReading)]
+        );
+        let texts = batch_texts(batch.as_bytes()).unwrap_or_default();
+        assert_eq!(texts, vec![one.as_bytes(), br#"{"seq": 2}"#, b"7"]);
+        // Refused whole.
+        assert_eq!(whole(r#"{"readings": []}"#), Some(Code::NoReadings));
+        assert_eq!(whole(r#"{"readings": {}}"#), Some(Code::BadBatch));
+        assert_eq!(whole(r#"{"readings": null}"#), Some(Code::BadBatch));
+        assert_eq!(
+            whole(&format!(r#"{{"readings": [{one}], "seq": 1}}"#)),
+            Some(Code::BadBatch)
+        );
+        assert_eq!(
+            whole(&format!(r#"{{"readings": [{one}], "readings": [{one}]}}"#)),
+            Some(Code::BadBatch)
+        );
+        assert_eq!(whole(r#"{"readings": [1, "#), Some(Code::BadJson));
+        assert_eq!(
+            whole(&format!(
+                r#"{{"readings": [{one}, {{"metrics": {{"a": 1e999}}}}]}}"#
+            )),
+            Some(Code::NotFinite)
+        );
+        let full = |n: usize| format!(r#"{{"readings": [{}]}}"#, vec![one.as_str(); n].join(","));
+        let m = parse_message(full(MAX_READINGS).as_bytes());
+        assert!(
+            matches!(m, Ok(WireMessage::Batch(ref w)) if w.len() == MAX_READINGS),
+            "{m:?}"
+        );
+        let over = parse_message(full(MAX_READINGS + 1).as_bytes()).err();
+        assert_eq!(
+            over.map(|r| (r.code, r.detail)),
+            Some((
+                Code::TooManyReadings,
+                "1001 readings; at most 1000 per message".to_owned()
+            ))
+        );
+        // Not an object: a (bad) single reading, as before.
+        let m = parse_message(b"[1]");
+        assert!(
+            matches!(m, Ok(WireMessage::One(ref w)) if !w.object),
+            "{m:?}"
+        );
     }
 
     #[test]

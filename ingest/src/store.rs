@@ -16,16 +16,21 @@ use sqlx::{PgConnection, PgPool};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use uuid::Uuid;
 
-/// A message the NATS worker can never accept, recorded once per stream message.
+/// What the NATS worker can never accept, recorded once: a whole message, or one reading of
+/// a batch message.
 #[derive(Debug, Clone)]
 pub struct DeadLetter {
     /// The JetStream stream.
     pub stream: String,
-    /// The message's sequence in that stream (what makes a redelivery the same letter).
+    /// The message's sequence in that stream (with `reading_index`, what makes a redelivery
+    /// the same letter).
     pub stream_seq: i64,
+    /// The refused reading's position in its batch message; `None` when the whole message
+    /// was refused.
+    pub reading_index: Option<i32>,
     /// The subject it was published to.
     pub subject: String,
-    /// The payload as received.
+    /// The payload as received: the message's, or the refused reading's own JSON text.
     pub payload: Vec<u8>,
     /// Why it can never be accepted.
     pub reason: Code,
@@ -69,10 +74,10 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
 
 const DEAD_LETTER_SQL: &str = r#"
 INSERT INTO telemetry_dead_letters AS d
-    (stream, stream_seq, subject, payload, reason, detail, deliveries)
-SELECT * FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::bytea[], $5::text[], $6::text[],
-                     $7::int4[])
-ON CONFLICT (stream, stream_seq) DO UPDATE
+    (stream, stream_seq, reading_index, subject, payload, reason, detail, deliveries)
+SELECT * FROM UNNEST($1::text[], $2::int8[], $3::int4[], $4::text[], $5::bytea[], $6::text[],
+                     $7::text[], $8::int4[])
+ON CONFLICT (stream, stream_seq, reading_index) DO UPDATE
     SET deliveries = GREATEST(d.deliveries, EXCLUDED.deliveries)
 "#;
 
@@ -366,7 +371,7 @@ async fn insert_dead_letters(
     let mut seen = HashSet::new();
     let letters: Vec<&DeadLetter> = letters
         .iter()
-        .filter(|l| seen.insert((l.stream.as_str(), l.stream_seq)))
+        .filter(|l| seen.insert((l.stream.as_str(), l.stream_seq, l.reading_index)))
         .collect();
     sqlx::query(DEAD_LETTER_SQL)
         .bind(
@@ -376,6 +381,7 @@ async fn insert_dead_letters(
                 .collect::<Vec<_>>(),
         )
         .bind(letters.iter().map(|l| l.stream_seq).collect::<Vec<_>>())
+        .bind(letters.iter().map(|l| l.reading_index).collect::<Vec<_>>())
         .bind(
             letters
                 .iter()

@@ -1253,3 +1253,291 @@ async fn a_batch_the_database_refuses_is_naked_and_stored_once_it_recovers() {
     let _ = stop.send(true);
     worker.await.expect("the worker stops on shutdown");
 }
+
+// ----- NATS batch messages (a gateway's `{"readings": [...]}`) -----
+
+/// A batch message of `readings`, in the HTTP body's shape.
+fn batch(readings: &[Value]) -> Vec<u8> {
+    payload(json!({ "readings": readings }))
+}
+
+/// The dead letters of the test's stream: (stream_seq, reading_index, reason, payload,
+/// deliveries), in order.
+async fn letters(pool: &PgPool) -> Vec<(i64, Option<i32>, String, Vec<u8>, i32)> {
+    sqlx::query_as(
+        "SELECT stream_seq, reading_index, reason, payload, deliveries FROM telemetry_dead_letters
+         ORDER BY stream_seq, reading_index NULLS FIRST",
+    )
+    .fetch_all(pool)
+    .await
+    .expect("dead letters")
+}
+
+#[tokio::test]
+async fn a_batch_message_is_stored_once_per_reading_also_when_published_twice() {
+    let s = site().await;
+    let (device, _) = s.active("T-gw").await;
+    let (other, _) = s.active("T-one").await;
+    let bus = Bus::new(|_| {}).await;
+    // The stream of an earlier version (another size limit) is updated in place.
+    let wider = NatsConfig {
+        max_message_bytes: 2 * ingest::nats::MAX_MESSAGE_BYTES,
+        ..bus.config.clone()
+    };
+    ingest::nats::setup(&bus.js, &wider)
+        .await
+        .expect("the stream's limit raised");
+    ingest::nats::setup(&bus.js, &bus.config)
+        .await
+        .expect("and lowered again");
+    let info = bus
+        .js
+        .get_stream(&bus.config.stream)
+        .await
+        .expect("stream")
+        .info()
+        .await
+        .expect("stream info")
+        .config
+        .max_message_size;
+    assert_eq!(
+        usize::try_from(info).ok(),
+        Some(ingest::nats::MAX_MESSAGE_BYTES + ingest::nats::HEADER_ALLOWANCE)
+    );
+    let (worker, stop) = bus.worker(s.pool()).await;
+    let now = Utc::now();
+    let readings: Vec<Value> = (0..ingest::reading::MAX_READINGS as i64)
+        .map(|seq| {
+            let ts = now - Span::milliseconds(1000 - seq);
+            reading(seq, ts, json!({"temp": seq % 7, "hum": 50}))
+        })
+        .collect();
+    let total = readings.len() as i64;
+    // The full batch, a single reading of another device alongside, then the batch again
+    // and the same readings split in two batches: each reading is one row.
+    bus.publish(vec![
+        (bus.subject(device), batch(&readings)),
+        (
+            bus.subject(other),
+            payload(reading(1, now, json!({"temp": 1}))),
+        ),
+        (bus.subject(device), batch(&readings)),
+    ])
+    .await;
+    eventually("every reading stored", || async {
+        s.stored().await == total + 1
+    })
+    .await;
+    bus.drained().await;
+    bus.publish(vec![
+        (bus.subject(device), batch(&readings[..400])),
+        (bus.subject(device), batch(&readings[400..])),
+    ])
+    .await;
+    bus.drained().await;
+    assert_eq!(s.stored().await, total + 1);
+    assert_eq!(
+        count(
+            s.pool(),
+            &format!("SELECT count(DISTINCT seq) FROM telemetry WHERE device_id = '{device}'")
+        )
+        .await,
+        total
+    );
+    s.roll_up().await;
+    assert_eq!(
+        count(s.pool(), "SELECT sum(count)::int8 FROM telemetry_minute").await,
+        2 * total + 1,
+        "each reading counted once in the rollups"
+    );
+    assert_eq!(letters(s.pool()).await, vec![]);
+    let (_, _, redelivered) = bus.consumer_state().await;
+    assert_eq!(redelivered, 0);
+    let _ = stop.send(true);
+    worker.await.expect("the worker stops on shutdown");
+}
+
+#[tokio::test]
+async fn a_batch_with_bad_readings_stores_the_good_ones_and_dead_letters_each_bad_one_once() {
+    let s = site().await;
+    let (device, _) = s.active("T-gw").await;
+    let bus = Bus::new(|_| {}).await;
+    let (worker, stop) = bus.worker(s.pool()).await;
+    let now = Utc::now();
+    let mut mismatch = reading(4, now, json!({"temp": 1}));
+    mismatch["device_id"] = json!(Uuid::now_v7());
+    let readings = vec![
+        reading(1, now, json!({"temp": 1})),                     // stored
+        reading(2, now, json!({"Temp": 1})),                     // bad_metric_name
+        reading(3, now + Span::minutes(10), json!({"temp": 1})), // ts_in_future
+        mismatch,                                                // device_mismatch
+        json!("not a reading"),                                  // bad_reading
+        reading(5, now - Span::days(400), json!({"temp": 1})),   // ts_too_old
+        reading(6, now, json!({})),                              // no_metrics
+        reading(7, now, json!({"temp": 2})),                     // stored
+        reading(1, now, json!({"temp": 9})),                     // a repeat: dropped
+    ];
+    let expected = [
+        (1, "bad_metric_name"),
+        (2, "ts_in_future"),
+        (3, "device_mismatch"),
+        (4, "bad_reading"),
+        (5, "ts_too_old"),
+        (6, "no_metrics"),
+    ];
+    bus.publish(vec![(bus.subject(device), batch(&readings))])
+        .await;
+    eventually("the good readings", || async { s.stored().await == 2 }).await;
+    bus.drained().await;
+    // Past the acknowledgement wait: nothing comes again, nothing is recorded twice.
+    tokio::time::sleep(bus.config.ack_wait + Duration::from_secs(1)).await;
+    bus.publish(vec![(
+        bus.subject(device),
+        batch(&[reading(8, now, json!({"temp": 3}))]),
+    )])
+    .await;
+    eventually("the later batch", || async { s.stored().await == 3 }).await;
+    bus.drained().await;
+    let (_, _, redelivered) = bus.consumer_state().await;
+    assert_eq!(redelivered, 0);
+    let stored: Vec<(i64, Value)> =
+        sqlx::query_as("SELECT seq, metrics FROM telemetry ORDER BY seq")
+            .fetch_all(s.pool())
+            .await
+            .expect("rows");
+    assert_eq!(
+        stored,
+        vec![
+            (1, json!({"temp": 1.0})),
+            (7, json!({"temp": 2.0})),
+            (8, json!({"temp": 3.0}))
+        ]
+    );
+    // One letter per refused reading, with its index and its own JSON as sent.
+    let got = letters(s.pool()).await;
+    let want: Vec<(Option<i32>, String, Vec<u8>, i32)> = expected
+        .iter()
+        .map(|(i, code)| {
+            (
+                Some(*i),
+                code.to_string(),
+                payload(readings[*i as usize].clone()),
+                1,
+            )
+        })
+        .collect();
+    assert_eq!(
+        got.iter()
+            .map(|(_, i, r, p, d)| (*i, r.clone(), p.clone(), *d))
+            .collect::<Vec<_>>(),
+        want
+    );
+    assert!(got.iter().all(|l| l.0 == got[0].0), "one message: {got:?}");
+    // A redelivery of that message (a crash between the commit and the ack) finds its
+    // letters: still one each, with the higher delivery count.
+    let again = ingest::store::DeadLetter {
+        stream: bus.config.stream.clone(),
+        stream_seq: got[0].0,
+        reading_index: Some(1),
+        subject: bus.subject(device),
+        payload: got[0].3.clone(),
+        reason: ingest::reading::Code::BadMetricName,
+        detail: "again".to_owned(),
+        deliveries: 2,
+    };
+    ingest::store::write(s.pool(), &[], &[again], |_| None)
+        .await
+        .expect("the letter again");
+    let after = letters(s.pool()).await;
+    assert_eq!(after.len(), expected.len());
+    assert_eq!(
+        after.iter().map(|l| l.4).collect::<Vec<_>>(),
+        vec![2, 1, 1, 1, 1, 1]
+    );
+    s.roll_up().await;
+    assert_eq!(
+        count(s.pool(), "SELECT sum(count)::int8 FROM telemetry_minute").await,
+        3
+    );
+    let _ = stop.send(true);
+    worker.await.expect("the worker stops on shutdown");
+}
+
+#[tokio::test]
+async fn batches_refused_whole_are_dead_lettered_once_and_terminated() {
+    let s = site().await;
+    let (good, _) = s.active("T-ok").await;
+    let (suspended, _) = s.active("T-susp").await;
+    s.act(suspended, "suspend").await;
+    let unknown = Uuid::now_v7();
+    let limit = 100_000;
+    let bus = Bus::new(|c| c.max_message_bytes = limit).await;
+    let (worker, stop) = bus.worker(s.pool()).await;
+    let now = Utc::now();
+    let ok = |seq: i64| reading(seq, now, json!({"temp": 1}));
+    let one_too_many: Vec<Value> = (0..=ingest::reading::MAX_READINGS as i64).map(ok).collect();
+    let over = batch(&one_too_many);
+    assert!(over.len() < limit, "refused for its count, not its size");
+    // Valid JSON of a valid batch, padded past the size limit (the stream takes it: its
+    // limit leaves room for headers).
+    let mut large = batch(&[ok(1)]);
+    large.resize(limit + 1, b' ');
+    let refused = vec![
+        (
+            bus.subject(unknown),
+            batch(&[ok(1), ok(2)]),
+            "unknown_device",
+        ),
+        (
+            bus.subject(suspended),
+            batch(&[ok(1), json!({"seq": "x"})]),
+            "device_inactive",
+        ),
+        (bus.subject(good), over, "too_many_readings"),
+        (bus.subject(good), batch(&[]), "no_readings"),
+        (
+            bus.subject(good),
+            payload(json!({"readings": [ok(1)], "gateway": "g-1"})),
+            "bad_batch",
+        ),
+        (
+            bus.subject(good),
+            b"{\"readings\": [{\"seq\": 1,".to_vec(),
+            "bad_json",
+        ),
+        (bus.subject(good), large, "message_too_large"),
+    ];
+    bus.publish(
+        refused
+            .iter()
+            .map(|(s, p, _)| (s.clone(), p.clone()))
+            .collect(),
+    )
+    .await;
+    let n = refused.len();
+    eventually("every dead letter", || async {
+        letters(s.pool()).await.len() == n
+    })
+    .await;
+    tokio::time::sleep(bus.config.ack_wait + Duration::from_secs(1)).await;
+    // The worker still takes messages; what it terminated never comes again.
+    bus.publish(vec![(bus.subject(good), batch(&[ok(1), ok(2)]))])
+        .await;
+    eventually("the later batch", || async { s.stored().await == 2 }).await;
+    bus.drained().await;
+    let (_, _, redelivered) = bus.consumer_state().await;
+    assert_eq!(redelivered, 0);
+    let got = letters(s.pool()).await;
+    assert_eq!(
+        got.iter()
+            .map(|(_, i, r, p, d)| (*i, r.as_str(), p.as_slice(), *d))
+            .collect::<Vec<_>>(),
+        refused
+            .iter()
+            .map(|(_, p, code)| (None, *code, p.as_slice(), 1))
+            .collect::<Vec<_>>(),
+        "one letter per message, its whole payload, in publish order"
+    );
+    let _ = stop.send(true);
+    worker.await.expect("the worker stops on shutdown");
+}
