@@ -51,6 +51,10 @@ pub struct NatsConfig {
     pub workers: usize,
     /// The most messages in one batch (one transaction).
     pub batch_max: usize,
+    /// The most payload bytes in one batch: a batch closes once its messages reach this
+    /// (gateway batches of hundreds of readings would otherwise make transactions of a million
+    /// readings). Pulls ask the server for at most twice this many bytes at a time.
+    pub batch_max_bytes: usize,
     /// How long a batch waits for more messages after its first one.
     pub batch_wait: Duration,
     /// How long a device found active stays known as active to a worker without asking the
@@ -82,6 +86,7 @@ impl Default for NatsConfig {
             consumer: "chronicle-ingest".to_owned(),
             workers: 2,
             batch_max: 10_000,
+            batch_max_bytes: 2 * 1024 * 1024,
             batch_wait: Duration::from_millis(50),
             active_for: Duration::from_secs(1),
             ack_wait: Duration::from_secs(30),
@@ -281,11 +286,15 @@ impl Worker {
                     continue;
                 }
             };
+            let mut bytes = first.payload.len();
             let mut batch = vec![first];
             let deadline = Instant::now() + self.config.batch_wait;
-            while batch.len() < self.config.batch_max {
+            while batch.len() < self.config.batch_max && bytes < self.config.batch_max_bytes {
                 match tokio::time::timeout_at(deadline, stream.next()).await {
-                    Ok(Some(Ok(m))) => batch.push(m),
+                    Ok(Some(Ok(m))) => {
+                        bytes += m.payload.len();
+                        batch.push(m);
+                    }
                     Ok(Some(Err(error))) => {
                         tracing::warn!(%error, "telemetry pull failed; pulling again");
                         messages = None;
@@ -305,9 +314,13 @@ impl Worker {
     }
 
     async fn pull(&self) -> Result<Messages, NatsError> {
+        // A pull must have room for the largest message, or the server refuses it.
+        let pull_bytes = (2 * self.config.batch_max_bytes)
+            .max(2 * (self.config.max_message_bytes + HEADER_ALLOWANCE));
         self.consumer
             .stream()
             .max_messages_per_batch(self.config.batch_max)
+            .max_bytes_per_batch(pull_bytes)
             .heartbeat(Duration::from_secs(5))
             .expires(Duration::from_secs(30))
             .messages()
