@@ -115,6 +115,10 @@ struct Args {
     /// telemetry: publish with `Nats-Msg-Id: <device>:<seq>` (server-side deduplication).
     #[arg(long)]
     nats_msg_id: bool,
+    /// telemetry: readings per NATS message (1: one reading; more: a gateway's batch
+    /// `{"readings": [...]}` of one device).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    readings_per_message: u64,
     /// telemetry: HTTP clients posting batches (1,000 readings of one device each).
     #[arg(long, default_value_t = 4)]
     http_clients: usize,

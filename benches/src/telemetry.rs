@@ -8,7 +8,9 @@
 //! 2. `--devices` devices registered and activated over HTTP (one customer owns them all),
 //!    each with its device credential.
 //! 3. NATS: `--publishers` tasks, each on its own connection with a share of the devices,
-//!    publish one reading per message to `<prefix>.<device_id>` for `--duration` seconds,
+//!    publish one reading per message (or, with `--readings-per-message N`, batches
+//!    `{"readings": [...]}` of N readings of one device, as a gateway does) to
+//!    `<prefix>.<device_id>` for `--duration` seconds,
 //!    keeping `--in-flight` publishes unacknowledged; then the bench waits until the consumer
 //!    has nothing pending or unacknowledged (the workers acknowledge after the commit). One more
 //!    device is the probe: one reading every 10 ms, polled for in `telemetry` every 5 ms.
@@ -386,12 +388,15 @@ fn print_rollups(r: &RollupReport) {
 struct Published {
     /// The last seq published of each device that published any.
     last: Vec<(Uuid, i64)>,
+    /// Messages acknowledged by JetStream (each carries `per_message` readings).
     acked: u64,
     errors: u64,
     first_error: Option<String>,
 }
 
-/// Publishes readings of `devices` round-robin until `stop_at`, `in_flight` acks outstanding.
+/// Publishes readings of `devices` round-robin until `stop_at`, `in_flight` acks outstanding:
+/// one reading per message, or (`per_message` > 1, a gateway) batches `{"readings": [...]}`
+/// of `per_message` readings of one device. `rate` counts readings.
 #[allow(clippy::too_many_arguments)]
 async fn publisher(
     url: String,
@@ -402,6 +407,7 @@ async fn publisher(
     rate: f64,
     in_flight: usize,
     msg_id: bool,
+    per_message: usize,
 ) -> anyhow::Result<Published> {
     let client = ingest::nats::connect(&url).await?;
     let js = async_nats::jetstream::new(client.clone());
@@ -425,7 +431,8 @@ async fn publisher(
     };
     let mut sent = 0u64;
     let mut k = 0usize;
-    let mut payload = String::with_capacity(160);
+    let per_message = per_message.max(1);
+    let mut payload = String::with_capacity(160 * per_message + 16);
     loop {
         let now = Instant::now();
         if now >= stop_at {
@@ -446,9 +453,21 @@ async fn publisher(
         let d = k % devices.len();
         k += 1;
         let seq = seqs[d];
-        seqs[d] += 1;
+        seqs[d] += per_message as i64;
         payload.clear();
-        reading_json(&mut payload, seq, &now_rfc3339());
+        let ts = now_rfc3339();
+        if per_message == 1 {
+            reading_json(&mut payload, seq, &ts);
+        } else {
+            payload.push_str("{\"readings\":[");
+            for (i, s) in (seq..seq + per_message as i64).enumerate() {
+                if i > 0 {
+                    payload.push(',');
+                }
+                reading_json(&mut payload, s, &ts);
+            }
+            payload.push_str("]}");
+        }
         let body: Vec<u8> = payload.as_bytes().to_vec();
         let r = if msg_id {
             let mut headers = async_nats::HeaderMap::new();
@@ -462,7 +481,7 @@ async fn publisher(
             Ok(ack) => pending.push_back(ack),
             Err(e) => note(&mut out, format!("publish: {e}")),
         }
-        sent += 1;
+        sent += per_message as u64;
     }
     while let Some(ack) = pending.pop_front() {
         match ack.await {
@@ -579,7 +598,10 @@ async fn probe_poller(
 
 struct NatsReport {
     publishers: usize,
+    /// Readings acknowledged by JetStream (probes included).
     published: u64,
+    /// Messages acknowledged by JetStream (probes included).
+    messages: u64,
     publish_errors: u64,
     first_error: Option<String>,
     publish_took: Duration,
@@ -638,12 +660,14 @@ async fn run_nats(
         .map(|i| load.iter().skip(i).step_by(p).map(|d| d.id).collect())
         .collect();
     let rate = a.nats_rate as f64 / p as f64;
+    let per_message = a.readings_per_message as usize;
 
     sqlx::query("CHECKPOINT")
         .execute(&mut PgConnection::connect(&ctx.db_url).await?)
         .await?;
     eprintln!(
-        "nats: {p} publishers ({} in flight each{}) over {} devices for {} s, probe on {}",
+        "nats: {p} publishers ({} in flight each{}, {per_message} readings per message) over {} \
+         devices for {} s, probe on {}",
         a.in_flight,
         if a.nats_rate > 0 {
             format!(", {} readings/s in all", a.nats_rate)
@@ -677,22 +701,24 @@ async fn run_nats(
             rate,
             a.in_flight,
             a.nats_msg_id,
+            per_message,
         ));
     }
-    let mut published = 0u64;
+    let mut messages = 0u64;
     let mut publish_errors = 0u64;
     let mut first_error = None;
     let mut last: Vec<(Uuid, i64)> = Vec::new();
     while let Some(r) = set.join_next().await {
         let r = r??;
         last.extend(r.last);
-        published += r.acked;
+        messages += r.acked;
         publish_errors += r.errors;
         if first_error.is_none() {
             first_error = r.first_error;
         }
     }
     let probes_sent = prober.await??;
+    let published = messages * per_message as u64;
     let publish_took = start.elapsed();
     let wall_stop: DateTime<Utc> = Utc::now();
     let backlog_at_stop = consumer_info(&js, names)
@@ -700,8 +726,8 @@ async fn run_nats(
         .ok()
         .map(|i| i.num_pending + i.num_ack_pending as u64);
     eprintln!(
-        "nats: {published} readings published in {:.1} s ({:.0}/s), {publish_errors} errors; \
-         backlog {backlog_at_stop:?}; waiting for the workers",
+        "nats: {published} readings in {messages} messages published in {:.1} s ({:.0}/s), \
+         {publish_errors} errors; backlog {backlog_at_stop:?} messages; waiting for the workers",
         publish_took.as_secs_f64(),
         published as f64 / publish_took.as_secs_f64()
     );
@@ -794,6 +820,7 @@ async fn run_nats(
     Ok(NatsReport {
         publishers: p,
         published: expected,
+        messages: messages + probes_sent,
         publish_errors,
         first_error,
         publish_took,
@@ -823,6 +850,8 @@ enum FloorAck {
 
 struct FloorReport {
     ack: FloorAck,
+    /// Readings per message; `published` and `consumed` count messages.
+    per_message: usize,
     published: u64,
     publish_took: Duration,
     consumed: u64,
@@ -934,7 +963,18 @@ async fn run_nats_floor(
                     .strip_prefix(prefix.as_str())
                     .and_then(|d| Uuid::try_parse(d).ok())
                     .unwrap_or_default();
-                let _ = ingest::reading::parse(&msg.payload, device, Utc::now());
+                let now = Utc::now();
+                match ingest::reading::parse_message(&msg.payload) {
+                    Ok(ingest::reading::WireMessage::One(w)) => {
+                        let _ = ingest::reading::check(w, device, now);
+                    }
+                    Ok(ingest::reading::WireMessage::Batch(ws)) => {
+                        for w in ws {
+                            let _ = ingest::reading::check(w, device, now);
+                        }
+                    }
+                    Err(_) => {}
+                }
                 n += 1;
                 consumed.fetch_add(1, Ordering::Relaxed);
                 match ack {
@@ -973,6 +1013,7 @@ async fn run_nats_floor(
             0.0,
             a.in_flight,
             false,
+            a.readings_per_message as usize,
         ));
     }
     let mut published = 0u64;
@@ -1002,6 +1043,7 @@ async fn run_nats_floor(
     guard.delete().await;
     Ok(FloorReport {
         ack,
+        per_message: a.readings_per_message as usize,
         published,
         publish_took,
         consumed: consumed.load(Ordering::Relaxed) as u64,
@@ -1028,15 +1070,22 @@ fn print_floor(f: &FloorReport) {
         }
     );
     println!(
-        "  published {} in {:.2} s = {:.0}/s; consumed {} by {:.2} s = {:.0}/s end to end",
+        "  published {} messages in {:.2} s = {:.0}/s; consumed {} by {:.2} s = {:.0} \
+         messages/s end to end = {:.0} readings/s ({} per message)",
         f.published,
         f.publish_took.as_secs_f64(),
         f.published as f64 / f.publish_took.as_secs_f64(),
         f.consumed,
         f.end_to_end.as_secs_f64(),
-        f.consumed as f64 / f.end_to_end.as_secs_f64()
+        f.consumed as f64 / f.end_to_end.as_secs_f64(),
+        (f.consumed * f.per_message as u64) as f64 / f.end_to_end.as_secs_f64(),
+        f.per_message
     );
-    print_cpu_wal(&f.stats, f.consumed as i64, f.nats_cpu);
+    print_cpu_wal(
+        &f.stats,
+        (f.consumed * f.per_message as u64) as i64,
+        f.nats_cpu,
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1467,8 +1516,8 @@ async fn telemetry(ctx: &Ctx, admin_url: &str, names: &Names) -> anyhow::Result<
 
     println!();
     println!(
-        "NATS: {} publishers x {} publishes in flight{}{}, over {} devices, {} s; one probe \
-         device with a reading every {} ms",
+        "NATS: {} publishers x {} publishes in flight{}{}, {} reading(s) per message{}, over {} \
+         devices, {} s; one probe device with a reading (one per message) every {} ms",
         nats.publishers,
         a.in_flight,
         if a.nats_rate > 0 {
@@ -1481,15 +1530,24 @@ async fn telemetry(ctx: &Ctx, admin_url: &str, names: &Names) -> anyhow::Result<
         } else {
             ", no Nats-Msg-Id"
         },
+        a.readings_per_message,
+        if a.readings_per_message > 1 {
+            " (gateway batches {\"readings\": [...]} of one device)"
+        } else {
+            ""
+        },
         devices.len() - 1,
         a.duration,
         PROBE_EVERY.as_millis()
     );
     println!(
-        "  published (acknowledged by JetStream): {} in {:.2} s = {:.0}/s, {} errors",
+        "  published (acknowledged by JetStream): {} readings in {} messages in {:.2} s = {:.0} \
+         readings/s, {:.0} messages/s, {} errors",
         nats.published,
+        nats.messages,
         nats.publish_took.as_secs_f64(),
         nats.published as f64 / nats.publish_took.as_secs_f64(),
+        nats.messages as f64 / nats.publish_took.as_secs_f64(),
         nats.publish_errors
     );
     if let Some(e) = &nats.first_error {
@@ -1497,14 +1555,16 @@ async fn telemetry(ctx: &Ctx, admin_url: &str, names: &Names) -> anyhow::Result<
     }
     println!(
         "  committed: {} readings; first publish -> consumer drained (all acknowledged after \
-         their commit): {:.2} s = {:.0} readings/s end to end",
+         their commit): {:.2} s = {:.0} readings/s end to end ({:.0} messages/s)",
         nats.committed,
         nats.end_to_end.as_secs_f64(),
-        rate(nats.committed, nats.end_to_end)
+        rate(nats.committed, nats.end_to_end),
+        rate(nats.messages as i64, nats.end_to_end)
     );
     let drain = nats.end_to_end.saturating_sub(nats.publish_took);
     println!(
-        "  written while publishing: {} = {:.0}/s; backlog when publishing stopped: {}; then \
+        "  written while publishing: {} = {:.0}/s; backlog when publishing stopped: {} \
+         messages; then \
          {} more in {:.2} s = {:.0}/s (publishers idle)",
         nats.committed_while_publishing,
         rate(nats.committed_while_publishing, nats.publish_took),
@@ -1582,8 +1642,9 @@ async fn telemetry(ctx: &Ctx, admin_url: &str, names: &Names) -> anyhow::Result<
 
     println!();
     println!(
-        "{:<6} {:>18} {:>16} {:>7}   targets: ratio >= 0.8, >= 150,000 readings/s",
-        "path", "chronicle rdg/s", "raw COPY rows/s", "ratio"
+        "{:<6} {:>18} {:>16} {:>7}   targets: ratio >= 0.8, >= 150,000 readings/s \
+         (NATS: {} reading(s) per message)",
+        "path", "chronicle rdg/s", "raw COPY rows/s", "ratio", a.readings_per_message
     );
     let http_rate = http.accepted as f64 / http.requests.elapsed.as_secs_f64();
     for (path, chronicle, raw) in [
