@@ -734,13 +734,39 @@ async fn run_nats(
     if probes_sent > 0 {
         last.push((probe.id, probes_sent as i64 - 1));
     }
-    // Drained: the last reading of every device is committed (polled in telemetry every
-    // 10 ms; cheap key lookups, nothing asked of nats-server), then the exact count. Workers
-    // may commit out of order, so the count may still be short: then it is polled until right.
+    // Drained: the consumer has nothing pending or unacknowledged (asked every 20 ms: the
+    // workers acknowledge after the commit), then the last reading of every device is found
+    // committed (key look-ups, polled every 10 ms), then the exact count. Workers may commit
+    // out of order, so the count may still be short: then it is polled until right. The key
+    // look-ups are forced onto the (device_id, seq) indexes: the partitions are never analyzed
+    // here (autovacuum off), and a hash join over every stored reading took seconds per poll
+    // once millions were stored, competing with the workers for PostgreSQL.
     let expected = published + probes_sent;
     let (ids, seqs): (Vec<Uuid>, Vec<i64>) = last.into_iter().unzip();
     let mut c = PgConnection::connect(&ctx.db_url).await?;
     let mut last_note = Instant::now();
+    loop {
+        match consumer_info(&js, names).await {
+            Ok(i) if i.num_pending == 0 && i.num_ack_pending == 0 => break,
+            Ok(i) if last_note.elapsed() > Duration::from_secs(10) => {
+                eprintln!(
+                    "nats: {} messages pending, {} unacknowledged",
+                    i.num_pending, i.num_ack_pending
+                );
+                last_note = Instant::now();
+            }
+            _ => {}
+        }
+        if start.elapsed() > duration + DRAIN_TIMEOUT {
+            bail!("the ingest workers did not drain the consumer");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    sqlx::raw_sql(
+        "SET enable_seqscan = off; SET enable_hashjoin = off; SET enable_mergejoin = off",
+    )
+    .execute(&mut c)
+    .await?;
     loop {
         let found: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM telemetry s \
@@ -768,6 +794,7 @@ async fn run_nats(
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    sqlx::raw_sql("RESET ALL").execute(&mut c).await?;
     let mut end_to_end = start.elapsed();
     let mut counts = 0;
     loop {
