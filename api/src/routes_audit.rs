@@ -155,7 +155,7 @@ impl From<RecordedEvent> for AuditEvent {
             stream_version: e.stream_version,
             event_type: e.event_type,
             schema_version: e.schema_version,
-            payload: e.payload,
+            payload: e.payload.into_value(),
             actor_sub: e.metadata.actor_sub,
             actor_role: e.metadata.actor_role,
             command_id: e.metadata.command_id,

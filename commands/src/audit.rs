@@ -7,10 +7,9 @@ use crate::store::StoreError;
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
 use futures::{Stream, StreamExt, TryStreamExt};
-use schemas::log::{EventRow, EVENT_COLUMNS};
+use schemas::log::{event_row, EventRow, EVENT_COLUMNS};
 use schemas::{personal, Cursor, RecordedEvent};
-use sqlx::postgres::PgRow;
-use sqlx::{PgPool, Row};
+use sqlx::PgPool;
 use uuid::Uuid;
 
 /// The stream types of the six aggregates, as stored in `events.stream_type`.
@@ -147,29 +146,6 @@ pub async fn log_page(
     let mut events: Vec<RecordedEvent> = rows.into_iter().map(Into::into).collect();
     personal::open(pool, &mut events).await?;
     Ok(events)
-}
-
-/// A row of `SELECT {EVENT_COLUMNS}` read by column index: the derived `FromRow` of
-/// [`EventRow`] looks every column up by name, a hash lookup per column and row that an
-/// export of the whole log pays a million times over.
-fn event_row(row: &PgRow) -> Result<EventRow, sqlx::Error> {
-    Ok(EventRow {
-        position: row.try_get(0)?,
-        tx: row.try_get(1)?,
-        event_id: row.try_get(2)?,
-        stream_type: row.try_get(3)?,
-        stream_id: row.try_get(4)?,
-        stream_version: row.try_get(5)?,
-        event_type: row.try_get(6)?,
-        schema_version: row.try_get(7)?,
-        payload: row.try_get(8)?,
-        actor_sub: row.try_get(9)?,
-        actor_role: row.try_get(10)?,
-        command_id: row.try_get(11)?,
-        correlation_id: row.try_get(12)?,
-        causation_id: row.try_get(13)?,
-        occurred_at: row.try_get(14)?,
-    })
 }
 
 /// The cursor just past the event at `position` (its transaction and position), if the log

@@ -6,7 +6,7 @@
 use crate::runtime::{rebuild_key, take_in, TakeIn, Worker, WorkerConfig, LIVE_SCHEMA};
 use crate::{Projector, Step};
 use schemas::{Cursor, RecordedEvent};
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -30,11 +30,13 @@ pub async fn prepare(pool: &PgPool, projector: &dyn Projector) -> Result<Cursor,
         .await?;
     for table in projector.tables() {
         sqlx::query(&format!(
-            "CREATE TABLE IF NOT EXISTS {schema}.{table} (LIKE {LIVE_SCHEMA}.{table} INCLUDING ALL)"
+            "CREATE TABLE IF NOT EXISTS {schema}.{table} \
+             (LIKE {LIVE_SCHEMA}.{table} INCLUDING ALL EXCLUDING INDEXES)"
         ))
         .execute(&mut *tx)
         .await?;
     }
+    create_indexes(&mut tx, projector, Indexes::ForApply).await?;
     sqlx::query("INSERT INTO projection_checkpoints (name) VALUES ($1) ON CONFLICT DO NOTHING")
         .bind(rebuild_key(projector.name()))
         .execute(&mut *tx)
@@ -46,6 +48,103 @@ pub async fn prepare(pool: &PgPool, projector: &dyn Projector) -> Result<Cursor,
             .await?;
     tx.commit().await?;
     Ok(Cursor { tx: t, position: p })
+}
+
+/// Which of the live tables' indexes [`create_indexes`] gives the shadow tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Indexes {
+    /// Those `apply` needs while the shadow fills (all but
+    /// [`Projector::indexes_built_last`]).
+    ForApply,
+    /// All of them.
+    All,
+}
+
+/// Gives the shadow tables the live tables' indexes they lack (`which` of them), under the
+/// live names and with their primary-key and unique constraints, so that after the swap the
+/// tables are indexed exactly as the migrations made them. An index is lacking when no index
+/// of the shadow table has the same definition (`USING ...` onwards, and uniqueness), so a
+/// shadow made by an earlier version, with other index names, is not indexed twice.
+async fn create_indexes(
+    conn: &mut PgConnection,
+    projector: &dyn Projector,
+    which: Indexes,
+) -> Result<(), sqlx::Error> {
+    let schema = shadow_schema(projector.name());
+    let later = projector.indexes_built_last();
+    for table in projector.tables() {
+        let live: Vec<(String, String, bool, Option<String>, Option<i8>)> = sqlx::query_as(
+            "SELECT i.relname::text, pg_get_indexdef(x.indexrelid), x.indisunique, \
+                    c.conname::text, c.contype \
+             FROM pg_index x \
+             JOIN pg_class t ON t.oid = x.indrelid \
+             JOIN pg_namespace n ON n.oid = t.relnamespace \
+             JOIN pg_class i ON i.oid = x.indexrelid \
+             LEFT JOIN pg_constraint c ON c.conindid = x.indexrelid AND c.conrelid = x.indrelid \
+                                      AND c.contype IN ('p', 'u') \
+             WHERE n.nspname = $1 AND t.relname = $2 ORDER BY i.relname",
+        )
+        .bind(LIVE_SCHEMA)
+        .bind(table)
+        .fetch_all(&mut *conn)
+        .await?;
+        let present: Vec<(String, bool)> = sqlx::query_as(
+            "SELECT pg_get_indexdef(x.indexrelid), x.indisunique \
+             FROM pg_index x \
+             JOIN pg_class t ON t.oid = x.indrelid \
+             JOIN pg_namespace n ON n.oid = t.relnamespace \
+             WHERE n.nspname = $1 AND t.relname = $2",
+        )
+        .bind(&schema)
+        .bind(table)
+        .fetch_all(&mut *conn)
+        .await?;
+        let shape =
+            |def: &str, unique: bool| (def.find(" USING ").map(|at| def[at..].to_owned()), unique);
+        let present: Vec<_> = present.iter().map(|(d, u)| shape(d, *u)).collect();
+        for (name, def, unique, constraint, kind) in live {
+            if which == Indexes::ForApply && later.contains(&name.as_str()) {
+                continue;
+            }
+            if present.contains(&shape(&def, unique)) {
+                continue;
+            }
+            let on_live = format!(" ON {LIVE_SCHEMA}.{table} ");
+            if !def.contains(&on_live) {
+                return Err(sqlx::Error::Protocol(format!(
+                    "index {name} of {table}: unexpected definition {def}"
+                )));
+            }
+            let def = def.replacen(&on_live, &format!(" ON {schema}.{table} "), 1);
+            sqlx::query(&def).execute(&mut *conn).await?;
+            if let Some(constraint) = constraint {
+                let kind = if kind == Some(b'p' as i8) {
+                    "PRIMARY KEY"
+                } else {
+                    "UNIQUE"
+                };
+                sqlx::query(&format!(
+                    "ALTER TABLE {schema}.{table} ADD CONSTRAINT {constraint} {kind} USING INDEX {name}"
+                ))
+                .execute(&mut *conn)
+                .await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Completes a projector's shadow tables once they are filled: the indexes left for last
+/// ([`Projector::indexes_built_last`]) are built, each in one sorted pass. Idempotent; the
+/// rebuilds call it before comparing or swapping.
+pub async fn finish(pool: &PgPool, projector: &dyn Projector) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    // Sorting a large table's keys in memory rather than in temporary files.
+    sqlx::query("SET LOCAL maintenance_work_mem = '256MB'")
+        .execute(&mut *tx)
+        .await?;
+    create_indexes(&mut tx, projector, Indexes::All).await?;
+    tx.commit().await
 }
 
 /// A worker on the shadow tables.
@@ -71,9 +170,10 @@ pub async fn build_shadow(
     progress: impl FnMut(usize, Cursor),
 ) -> Result<Cursor, sqlx::Error> {
     prepare(pool, projector.as_ref()).await?;
-    let mut worker = shadow_worker(pool, projector);
+    let mut worker = shadow_worker(pool, projector.clone());
     worker.load().await?;
     worker.catch_up(progress).await?;
+    finish(pool, projector.as_ref()).await?;
     Ok(worker.cursor())
 }
 
@@ -123,8 +223,13 @@ pub async fn build_all(
         let (send, mut receive) = mpsc::channel::<Batch>(READ_AHEAD);
         senders.push(send);
         let progress = progress.clone();
+        let projector = projectors[i].clone();
+        let pool = pool.clone();
         appliers.spawn(async move {
-            while let Some((mut events, mut end)) = receive.recv().await {
+            // One buffer for every transaction, so its memory is allocated once.
+            let mut events: Vec<RecordedEvent> = Vec::new();
+            while let Some((first, mut end)) = receive.recv().await {
+                events.extend(first);
                 // Batches are taken together, as many as are waiting up to COALESCE_UP_TO and
                 // at least TAKE_AT_LEAST events: fewer commits, and each row the projector
                 // keeps is written once for all of them.
@@ -145,7 +250,9 @@ pub async fn build_all(
                 if let Step::Took(n) = worker.feed(&events, end).await? {
                     progress(worker.name(), n, worker.cursor());
                 }
+                events.clear();
             }
+            finish(&pool, projector.as_ref()).await?;
             Ok::<_, sqlx::Error>((i, worker.cursor()))
         });
     }
@@ -258,6 +365,7 @@ pub async fn swap(pool: &PgPool, projector: Arc<dyn Projector>) -> Result<Cursor
     let mut worker = shadow_worker(pool, projector.clone());
     worker.load().await?;
     worker.catch_up(|_, _| {}).await?;
+    finish(pool, projector.as_ref()).await?;
 
     let mut tx = pool.begin().await?;
     sqlx::query("INSERT INTO projection_checkpoints (name) VALUES ($1) ON CONFLICT DO NOTHING")

@@ -107,6 +107,15 @@ pub trait Projector: Send + Sync + 'static {
     fn takes_sealed(&self) -> bool {
         false
     }
+
+    /// Indexes of its tables (their names in the live schema) that `apply` neither needs for
+    /// its look-ups nor for an `ON CONFLICT`: a rebuild creates them only after the shadow
+    /// tables are filled ([`crate::rebuild::finish`]), one sorted build each instead of an
+    /// index entry per row on the way. A primary key may be named here only for a table
+    /// `apply` appends to and never reads, updates or upserts. By default, none.
+    fn indexes_built_last(&self) -> &'static [&'static str] {
+        &[]
+    }
 }
 
 /// Up to `limit` events of `projector`'s stream types after `after` (see

@@ -7,8 +7,11 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+pub use payload::Payload;
+
 pub mod json;
 pub mod log;
+pub mod payload;
 pub mod personal;
 pub mod registry;
 pub mod upcast;
@@ -84,8 +87,8 @@ pub struct RecordedEvent {
     pub event_type: String,
     /// The stored schema version.
     pub schema_version: i32,
-    /// The payload.
-    pub payload: serde_json::Value,
+    /// The payload (read as text, parsed into a `serde_json::Value` on first use).
+    pub payload: Payload,
     /// Who, when, why.
     pub metadata: Metadata,
 }
@@ -114,11 +117,14 @@ impl RecordedEvent {
             return Err(failed(DecodeProblem::Sealed));
         }
         match registry::plan(&self.event_type, self.schema_version) {
-            Ok(registry::Plan::AsIs) => decode_payload(&self.event_type, &self.payload)
+            Ok(registry::Plan::AsIs) => self
+                .payload
+                .decode_tagged(&self.event_type)
                 .map_err(|e| failed(DecodeProblem::Payload(e))),
             Ok(registry::Plan::Upcast(steps)) => {
-                let payload = registry::upcast(steps, self.schema_version, self.payload.clone())
-                    .map_err(|(from, reason)| failed(DecodeProblem::Upcast { from, reason }))?;
+                let payload =
+                    registry::upcast(steps, self.schema_version, self.payload.value().clone())
+                        .map_err(|(from, reason)| failed(DecodeProblem::Upcast { from, reason }))?;
                 decode_payload(&self.event_type, &payload)
                     .map_err(|e| failed(DecodeProblem::Payload(e)))
             }
@@ -253,7 +259,7 @@ mod tests {
             stream_version: 1,
             event_type: event_type.into(),
             schema_version: version,
-            payload,
+            payload: payload.into(),
             metadata: Metadata {
                 actor_sub: "s".into(),
                 actor_role: "r".into(),

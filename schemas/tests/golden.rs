@@ -2,7 +2,7 @@
 //! appear in the log (event type, schema version, payload), each with the aggregate state it
 //! must replay to. Together they hold every event type in every version this build reads.
 
-use chronicle_schemas::{json, registry, Metadata, RecordedEvent};
+use chronicle_schemas::{json, registry, Metadata, Payload, RecordedEvent};
 use cqrs_es::{Aggregate, DomainEvent};
 use domain::{account, device, escrow, order, pot, wallet};
 use serde::Deserialize;
@@ -96,7 +96,11 @@ fn recorded(fixture: &Fixture) -> Vec<RecordedEvent> {
             stream_version: i as i64 + 1,
             event_type: e.event_type.clone(),
             schema_version: e.schema_version,
-            payload: e.payload.clone(),
+            // As a reader of the log holds it: the stored JSON text.
+            payload: Payload::from_raw(
+                serde_json::value::RawValue::from_string(e.payload.to_string())
+                    .expect("a fixture payload is JSON"),
+            ),
             metadata: Metadata {
                 actor_sub: "fixture".into(),
                 actor_role: "admin".into(),

@@ -320,16 +320,75 @@ async fn assert_rebuilds_equal_live(pool: &PgPool) {
     }
 }
 
+/// The indexes of a projector's tables in `schema`: (table, index, definition without the
+/// schema, constraint name and kind), sorted.
+async fn indexes_of(
+    pool: &PgPool,
+    schema: &str,
+    projector: &dyn projections::Projector,
+) -> Vec<(String, String, String, Option<String>, Option<i8>)> {
+    let tables: Vec<String> = projector.tables().iter().map(|t| t.to_string()).collect();
+    let rows: Vec<(String, String, String, Option<String>, Option<i8>)> = sqlx::query_as(
+        "SELECT t.relname::text, i.relname::text, pg_get_indexdef(x.indexrelid), \
+                c.conname::text, c.contype \
+         FROM pg_index x \
+         JOIN pg_class t ON t.oid = x.indrelid \
+         JOIN pg_namespace n ON n.oid = t.relnamespace \
+         JOIN pg_class i ON i.oid = x.indexrelid \
+         LEFT JOIN pg_constraint c ON c.conindid = x.indexrelid AND c.conrelid = x.indrelid \
+         WHERE n.nspname = $1 AND t.relname = ANY($2) ORDER BY 1, 2",
+    )
+    .bind(schema)
+    .bind(&tables)
+    .fetch_all(pool)
+    .await
+    .expect("list indexes");
+    rows.into_iter()
+        .map(|(t, i, def, c, k)| (t, i, def.replace(&format!(" ON {schema}."), " ON "), c, k))
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rebuilt_read_models_equal_the_live_ones_after_a_concurrent_workload() {
     let app = Arc::new(TestApp::new().await);
     workload(&app, 6, 25, 7).await;
     let pool = app.db.pool.clone();
     caught_up(&pool).await;
+    // The indexes as the migrations made them; those a rebuild builds last exist among them.
+    let mut migrated = Vec::new();
+    for projector in projections::all() {
+        let live = indexes_of(&pool, "public", projector.as_ref()).await;
+        for name in projector.indexes_built_last() {
+            assert!(
+                live.iter().any(|(_, index, ..)| index == name),
+                "{}: no index {name} on its tables: {live:?}",
+                projector.name()
+            );
+        }
+        migrated.push(live);
+    }
     assert_rebuilds_equal_live(&pool).await;
+    // The filled shadows have every index, with its constraint, under the live names.
+    for (projector, live) in projections::all().iter().zip(&migrated) {
+        let schema = rebuild::shadow_schema(projector.name());
+        assert_eq!(
+            &indexes_of(&pool, &schema, projector.as_ref()).await,
+            live,
+            "{}: the shadow's indexes",
+            projector.name()
+        );
+    }
     // Swapping the rebuilt tables in keeps the read models serving and current.
     for projector in projections::all() {
         rebuild::swap(&pool, projector.clone()).await.expect("swap");
+    }
+    for (projector, live) in projections::all().iter().zip(&migrated) {
+        assert_eq!(
+            &indexes_of(&pool, "public", projector.as_ref()).await,
+            live,
+            "{}: the indexes after the swap are those of the migrations",
+            projector.name()
+        );
     }
     let (_, token, wallet) = funded_customers(&app, 1).await.remove(0);
     let got = app.get(&format!("/v1/wallets/{wallet}"), &token).await;

@@ -85,6 +85,11 @@ impl Projector for DevicesProjector {
         &["devices"]
     }
 
+    // They serve queries only.
+    fn indexes_built_last(&self) -> &'static [&'static str] {
+        &["devices_owner", "devices_model"]
+    }
+
     fn stream_types(&self) -> &'static [&'static str] {
         &["device"]
     }

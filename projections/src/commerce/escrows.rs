@@ -129,6 +129,11 @@ impl Projector for EscrowsProjector {
         &["escrows", "escrow_decisions"]
     }
 
+    // The buyer and seller indexes serve queries only, and decisions are only appended.
+    fn indexes_built_last(&self) -> &'static [&'static str] {
+        &["escrows_buyer", "escrows_seller", "escrow_decisions_pkey"]
+    }
+
     fn stream_types(&self) -> &'static [&'static str] {
         &["escrow"]
     }

@@ -101,6 +101,11 @@ impl Projector for OrdersProjector {
         &["orders", "order_lines"]
     }
 
+    // The buyer and seller indexes serve queries only, and lines are only appended.
+    fn indexes_built_last(&self) -> &'static [&'static str] {
+        &["orders_buyer", "orders_seller", "order_lines_pkey"]
+    }
+
     fn stream_types(&self) -> &'static [&'static str] {
         &["order"]
     }

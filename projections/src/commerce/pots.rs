@@ -125,6 +125,11 @@ impl Projector for PotsProjector {
         &["pots", "pot_contributions", "pot_invitations"]
     }
 
+    // They serve queries only (`apply` finds contributions by id and by contributor).
+    fn indexes_built_last(&self) -> &'static [&'static str] {
+        &["pots_raised", "pots_closes_at", "pot_contributions_recent"]
+    }
+
     fn stream_types(&self) -> &'static [&'static str] {
         // Accounts for one event: a contributor's erased personal data erases the messages.
         &["pot", "account"]

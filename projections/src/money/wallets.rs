@@ -419,6 +419,11 @@ impl Projector for WalletsProjector {
         &["wallets", "wallet_ledger", "transfers"]
     }
 
+    // The owner index serves queries only, and the ledger is only appended to.
+    fn indexes_built_last(&self) -> &'static [&'static str] {
+        &["wallets_owner", "wallet_ledger_pkey"]
+    }
+
     fn stream_types(&self) -> &'static [&'static str] {
         &["wallet"]
     }
