@@ -1482,7 +1482,7 @@ async fn batches_refused_whole_are_dead_lettered_once_and_terminated() {
     // limit leaves room for headers).
     let mut large = batch(&[ok(1)]);
     large.resize(limit + 1, b' ');
-    let refused = vec![
+    let refused = [
         (
             bus.subject(unknown),
             batch(&[ok(1), ok(2)]),
