@@ -27,6 +27,10 @@
 # database chronicle_bench_<random> on BENCH_DATABASE_URL (default
 # postgres://postgres@127.0.0.1:5432/postgres), runs `chronicle serve` against it as a child
 # process, measures, prints a table, and stops the child and drops the database at the end.
+# BENCH_KEEP_DATABASE=1 keeps that database at the end (its name is printed);
+# BENCH_REUSE_DATABASE=<name> runs against an existing database instead, neither created nor
+# dropped: the rebuild then measures the log already in it (no load, no chain figures), e.g.
+# a copy (CREATE DATABASE x TEMPLATE <kept>) of a database kept after a load.
 # Results and how to read them: docs/benchmarks.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."

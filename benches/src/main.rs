@@ -592,6 +592,8 @@ struct Ctx {
     secret: String,
     log: PathBuf,
     run_id: String,
+    /// The database is an existing one (BENCH_REUSE_DATABASE), neither created nor dropped.
+    reused: bool,
 }
 
 impl Ctx {
@@ -1204,7 +1206,11 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     }
     let admin_url = args.database_url.clone();
     let run_id = random_hex(6)?;
-    let db_name = format!("chronicle_bench_{run_id}");
+    let reuse = std::env::var("BENCH_REUSE_DATABASE")
+        .ok()
+        .filter(|n| !n.is_empty());
+    let reused = reuse.is_some();
+    let db_name = reuse.unwrap_or_else(|| format!("chronicle_bench_{run_id}"));
     let mut url = reqwest::Url::parse(&admin_url).context("BENCH_DATABASE_URL is not a URL")?;
     url.set_path(&format!("/{db_name}"));
     let log = std::env::temp_dir().join(format!("{db_name}.log"));
@@ -1215,18 +1221,27 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         secret: random_hex(32)?,
         log,
         run_id,
+        reused,
     };
 
-    create_database(&admin_url, &db_name).await?;
-    eprintln!(
-        "created database {db_name}; server log: {}",
-        ctx.log.display()
-    );
+    if reused {
+        eprintln!("using the existing database {db_name} (BENCH_REUSE_DATABASE)");
+    } else {
+        create_database(&admin_url, &db_name).await?;
+        eprintln!(
+            "created database {db_name}; server log: {}",
+            ctx.log.display()
+        );
+    }
     let outcome = tokio::select! {
         r = run(&ctx, &admin_url) => r,
         _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),
     };
     // The server (owned by `run`) is stopped by now: dropped on return or on interruption.
+    if reused || std::env::var_os("BENCH_KEEP_DATABASE").is_some_and(|v| v == "1") {
+        eprintln!("kept database {db_name}: drop it when done");
+        return outcome;
+    }
     match drop_database(&admin_url, &db_name).await {
         Ok(()) => eprintln!("dropped database {db_name}"),
         Err(e) => eprintln!("could not drop database {db_name}: {e:#}"),

@@ -871,6 +871,12 @@ pub(crate) async fn run_rebuild(ctx: &Ctx, admin_url: &str) -> anyhow::Result<()
     }
     let clients = a.concurrency.max(1);
 
+    let jobs = projectors.len();
+    let pool = connect(&ctx.db_url, jobs as u32 + 3).await?;
+    if ctx.reused {
+        return rebuild_measure(ctx, admin_url, &pool, None).await;
+    }
+
     // 1. Load over HTTP, API only.
     let (mut server, minter, shared) = start_load_server(ctx, clients, "rebuild").await?;
     eprintln!(
@@ -882,8 +888,6 @@ pub(crate) async fn run_rebuild(ctx: &Ctx, admin_url: &str) -> anyhow::Result<()
     let setup_took = t0.elapsed();
     let setup_requests: u64 = outcomes.values().map(|o| o.ok + o.failed).sum();
     let shared = Arc::new(shared.with_people(people));
-    let jobs = projectors.len();
-    let pool = connect(&ctx.db_url, jobs as u32 + 3).await?;
     let setup_events = count_events(&pool).await?;
     eprintln!(
         "rebuild: {setup_events} events of setup in {:.1} s; loading the mix from {clients} clients \
@@ -913,6 +917,59 @@ pub(crate) async fn run_rebuild(ctx: &Ctx, admin_url: &str) -> anyhow::Result<()
         load_took.as_secs_f64(),
         (total - setup_events) as f64 / load_took.as_secs_f64()
     );
+    let load = Loaded {
+        clients,
+        setup_events,
+        setup_took,
+        setup_requests,
+        load_took,
+        mix_requests,
+        outcomes,
+    };
+    rebuild_measure(ctx, admin_url, &pool, Some(load)).await
+}
+
+/// What loading the log for the rebuild did.
+struct Loaded {
+    clients: usize,
+    setup_events: i64,
+    setup_took: Duration,
+    setup_requests: u64,
+    load_took: Duration,
+    mix_requests: u64,
+    outcomes: BTreeMap<&'static str, Outcome>,
+}
+
+/// The rebuild's measurements on a loaded log (`load`: how it was loaded, or `None` for a
+/// database reused from an earlier run, whose chain is not measured again).
+async fn rebuild_measure(
+    ctx: &Ctx,
+    admin_url: &str,
+    pool: &PgPool,
+    load: Option<Loaded>,
+) -> anyhow::Result<()> {
+    let pool = pool.clone();
+    let projectors = projections::all();
+    let jobs = projectors.len();
+    let total = count_events(&pool).await?;
+    if total == 0 {
+        bail!("the database has no events to rebuild from");
+    }
+    // A reused database may hold shadows and raw tables of an earlier run.
+    for projector in &projectors {
+        rebuild::discard(&pool, projector.as_ref()).await?;
+    }
+    let stale: Vec<String> = sqlx::query_scalar(
+        "SELECT tablename::text FROM pg_tables WHERE schemaname = 'public' \
+         AND tablename LIKE 'bench\\_raw\\_%'",
+    )
+    .fetch_all(&pool)
+    .await?;
+    for t in stale {
+        sqlx::query(&format!("DROP TABLE {t}"))
+            .execute(&pool)
+            .await?;
+    }
 
     // 2. The log must be fully readable (no transaction anywhere in the cluster holding the
     // horizon below its end), and, like a production database, have planner statistics.
@@ -1044,7 +1101,10 @@ pub(crate) async fn run_rebuild(ctx: &Ctx, admin_url: &str) -> anyhow::Result<()
     };
     // 5. The hash chain of the same log: sealing it from position 0, verifying it, and the
     // raw baseline of verification, a COPY of the same rows in the same order to the client.
-    let chain = chain_figures(&pool, total).await?;
+    let chain = match load {
+        Some(_) => Some(chain_figures(&pool, total).await?),
+        None => None,
+    };
     pool.close().await;
 
     // 5. Report.
@@ -1055,17 +1115,24 @@ pub(crate) async fn run_rebuild(ctx: &Ctx, admin_url: &str) -> anyhow::Result<()
     println!("==== Chronicle benchmark: rebuild ====");
     println!("{setup}");
     println!();
-    println!(
-        "Load (chronicle serve --roles api, {clients} clients, {} customers): setup {setup_events} \
-         events in {:.1} s ({setup_requests} requests); mix {} events in {:.1} s = {:.0} \
-         events/s ({mix_requests} requests, {:.0}/s)",
-        a.accounts,
-        setup_took.as_secs_f64(),
-        total - setup_events,
-        load_took.as_secs_f64(),
-        (total - setup_events) as f64 / load_took.as_secs_f64(),
-        mix_requests as f64 / load_took.as_secs_f64()
-    );
+    match &load {
+        Some(l) => println!(
+            "Load (chronicle serve --roles api, {} clients, {} customers): setup {} \
+             events in {:.1} s ({} requests); mix {} events in {:.1} s = {:.0} \
+             events/s ({} requests, {:.0}/s)",
+            l.clients,
+            ctx.args.accounts,
+            l.setup_events,
+            l.setup_took.as_secs_f64(),
+            l.setup_requests,
+            total - l.setup_events,
+            l.load_took.as_secs_f64(),
+            (total - l.setup_events) as f64 / l.load_took.as_secs_f64(),
+            l.mix_requests,
+            l.mix_requests as f64 / l.load_took.as_secs_f64()
+        ),
+        None => println!("Log loaded by an earlier run (BENCH_REUSE_DATABASE), not loaded again"),
+    }
     let types: Vec<String> = per_type.iter().map(|(t, n)| format!("{t} {n}")).collect();
     println!("log: {total} events ({})", types.join(", "));
     if waited > Duration::from_millis(100) {
@@ -1075,7 +1142,9 @@ pub(crate) async fn run_rebuild(ctx: &Ctx, admin_url: &str) -> anyhow::Result<()
             waited.as_secs_f64()
         );
     }
-    print_outcomes(&outcomes);
+    if let Some(l) = &load {
+        print_outcomes(&l.outcomes);
+    }
     println!();
     println!(
         "Rebuild of {} projectors from position 0 (rebuild::build_all, as `chronicle projections \
@@ -1152,6 +1221,27 @@ pub(crate) async fn run_rebuild(ctx: &Ctx, admin_url: &str) -> anyhow::Result<()
     );
     println!("(chronicle serve is stopped here; \"bench client\" is the in-process rebuild)");
     println!();
+    if let Some(chain) = &chain {
+        print_chain(chain, total);
+    }
+    for s in [&rebuild_stats, &raw_serial, &raw_parallel] {
+        if let Some(line) = cpu_line(s) {
+            println!("{line}");
+        }
+        if let Some((syncs, bytes)) = s.wal {
+            println!(
+                "  WAL during \"{}\": {syncs} flushes, {:.1} MB",
+                s.name,
+                bytes as f64 / 1e6
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The hash chain's figures of a rebuild run.
+fn print_chain(chain: &ChainFigures, total: i64) {
+    let eps = |d: Duration| total as f64 / d.as_secs_f64();
     println!("Hash chain of the same {total} events (projections::chain):");
     println!(
         "  sealing from position 0 (the chain projector, batches of 5,000): {:.2} s = {:.0} events/s",
@@ -1185,19 +1275,6 @@ pub(crate) async fn run_rebuild(ctx: &Ctx, admin_url: &str) -> anyhow::Result<()
             "NOT met"
         }
     );
-    for s in [&rebuild_stats, &raw_serial, &raw_parallel] {
-        if let Some(line) = cpu_line(s) {
-            println!("{line}");
-        }
-        if let Some((syncs, bytes)) = s.wal {
-            println!(
-                "  WAL during \"{}\": {syncs} flushes, {:.1} MB",
-                s.name,
-                bytes as f64 / 1e6
-            );
-        }
-    }
-    Ok(())
 }
 
 /// Reads the whole log once with `schemas::log::read_all` in batches of

@@ -60,6 +60,9 @@ enum Indexes {
     All,
 }
 
+/// A live index: name, definition, unique, its constraint's name and kind (`p` or `u`).
+type LiveIndex = (String, String, bool, Option<String>, Option<i8>);
+
 /// Gives the shadow tables the live tables' indexes they lack (`which` of them), under the
 /// live names and with their primary-key and unique constraints, so that after the swap the
 /// tables are indexed exactly as the migrations made them. An index is lacking when no index
@@ -73,7 +76,7 @@ async fn create_indexes(
     let schema = shadow_schema(projector.name());
     let later = projector.indexes_built_last();
     for table in projector.tables() {
-        let live: Vec<(String, String, bool, Option<String>, Option<i8>)> = sqlx::query_as(
+        let live: Vec<LiveIndex> = sqlx::query_as(
             "SELECT i.relname::text, pg_get_indexdef(x.indexrelid), x.indisunique, \
                     c.conname::text, c.contype \
              FROM pg_index x \

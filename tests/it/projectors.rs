@@ -320,15 +320,17 @@ async fn assert_rebuilds_equal_live(pool: &PgPool) {
     }
 }
 
-/// The indexes of a projector's tables in `schema`: (table, index, definition without the
-/// schema, constraint name and kind), sorted.
+/// An index: table, name, definition without the schema, constraint name and kind.
+type IndexRow = (String, String, String, Option<String>, Option<i8>);
+
+/// The indexes of a projector's tables in `schema`, sorted.
 async fn indexes_of(
     pool: &PgPool,
     schema: &str,
     projector: &dyn projections::Projector,
-) -> Vec<(String, String, String, Option<String>, Option<i8>)> {
+) -> Vec<IndexRow> {
     let tables: Vec<String> = projector.tables().iter().map(|t| t.to_string()).collect();
-    let rows: Vec<(String, String, String, Option<String>, Option<i8>)> = sqlx::query_as(
+    let rows: Vec<IndexRow> = sqlx::query_as(
         "SELECT t.relname::text, i.relname::text, pg_get_indexdef(x.indexrelid), \
                 c.conname::text, c.contype \
          FROM pg_index x \
