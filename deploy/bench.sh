@@ -42,4 +42,4 @@ if [ -z "${BENCH_DATABASE_URL:-}" ]; then
   ensure_postgres
 fi
 cargo build --release -p chronicle -p chronicle-bench
-exec target/release/chronicle-bench "$@"
+exec "${CARGO_TARGET_DIR:-target}/release/chronicle-bench" "$@"

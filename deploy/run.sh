@@ -17,4 +17,4 @@ fi
 cargo build --release --bin chronicle
 args=(serve)
 if [ -z "${CHRONICLE_JWT_SECRET:-}" ]; then args=(--dev serve); fi
-exec target/release/chronicle "${args[@]}" "$@"
+exec "${CARGO_TARGET_DIR:-target}/release/chronicle" "${args[@]}" "$@"
