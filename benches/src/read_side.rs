@@ -874,7 +874,7 @@ pub(crate) async fn run_rebuild(ctx: &Ctx, admin_url: &str) -> anyhow::Result<()
     let jobs = projectors.len();
     let pool = connect(&ctx.db_url, jobs as u32 + 3).await?;
     if ctx.reused {
-        return rebuild_measure(ctx, admin_url, &pool, None).await;
+        return rebuild_measure(ctx, admin_url, pool, None).await;
     }
 
     // 1. Load over HTTP, API only.
@@ -926,7 +926,7 @@ pub(crate) async fn run_rebuild(ctx: &Ctx, admin_url: &str) -> anyhow::Result<()
         mix_requests,
         outcomes,
     };
-    rebuild_measure(ctx, admin_url, &pool, Some(load)).await
+    rebuild_measure(ctx, admin_url, pool, Some(load)).await
 }
 
 /// What loading the log for the rebuild did.
@@ -945,10 +945,9 @@ struct Loaded {
 async fn rebuild_measure(
     ctx: &Ctx,
     admin_url: &str,
-    pool: &PgPool,
+    pool: PgPool,
     load: Option<Loaded>,
 ) -> anyhow::Result<()> {
-    let pool = pool.clone();
     let projectors = projections::all();
     let jobs = projectors.len();
     let total = count_events(&pool).await?;

@@ -7,7 +7,7 @@ use crate::store::StoreError;
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
 use futures::{Stream, StreamExt, TryStreamExt};
-use schemas::log::{event_row, EventRow, EVENT_COLUMNS};
+use schemas::log::{EventRow, EVENT_COLUMNS};
 use schemas::{personal, Cursor, RecordedEvent};
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -131,7 +131,7 @@ pub async fn log_page(
     let sql = format!(
         "SELECT {EVENT_COLUMNS} FROM events WHERE {LOG_WHERE} ORDER BY tx, position LIMIT $8"
     );
-    let rows: Vec<EventRow> = sqlx::query(&sql)
+    let rows: Vec<EventRow> = sqlx::query_as(&sql)
         .bind(after.tx)
         .bind(after.position)
         .bind(&filter.event_types)
@@ -140,7 +140,6 @@ pub async fn log_page(
         .bind(filter.from)
         .bind(filter.to)
         .bind(limit.max(0))
-        .try_map(|row| event_row(&row))
         .fetch_all(pool)
         .await?;
     let mut events: Vec<RecordedEvent> = rows.into_iter().map(Into::into).collect();

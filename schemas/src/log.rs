@@ -4,7 +4,7 @@
 use crate::{Cursor, Metadata, RecordedEvent};
 use chrono::{DateTime, Utc};
 use sqlx::postgres::PgRow;
-use sqlx::Row;
+use sqlx::{FromRow, Row};
 use uuid::Uuid;
 
 /// The columns of `events`, in the order [`EventRow`] reads them.
@@ -12,8 +12,8 @@ pub const EVENT_COLUMNS: &str = "position, tx, event_id, stream_type, stream_id,
      event_type, schema_version, payload, actor_sub, actor_role, command_id, correlation_id, \
      causation_id, occurred_at";
 
-/// A row of `events`.
-#[derive(sqlx::FromRow)]
+/// A row of `SELECT {EVENT_COLUMNS}` (every reader of the log selects exactly those columns,
+/// in that order).
 #[allow(missing_docs)]
 pub struct EventRow {
     pub position: i64,
@@ -33,27 +33,39 @@ pub struct EventRow {
     pub occurred_at: DateTime<Utc>,
 }
 
-/// A row of `SELECT {EVENT_COLUMNS}` read by column index: the derived `FromRow` of
-/// [`EventRow`] looks every column up by name, a hash lookup per column and row that a
-/// replay or an export of the whole log pays a million times over.
-pub fn event_row(row: &PgRow) -> Result<EventRow, sqlx::Error> {
-    Ok(EventRow {
-        position: row.try_get(0)?,
-        tx: row.try_get(1)?,
-        event_id: row.try_get(2)?,
-        stream_type: row.try_get(3)?,
-        stream_id: row.try_get(4)?,
-        stream_version: row.try_get(5)?,
-        event_type: row.try_get(6)?,
-        schema_version: row.try_get(7)?,
-        payload: row.try_get(8)?,
-        actor_sub: row.try_get(9)?,
-        actor_role: row.try_get(10)?,
-        command_id: row.try_get(11)?,
-        correlation_id: row.try_get(12)?,
-        causation_id: row.try_get(13)?,
-        occurred_at: row.try_get(14)?,
-    })
+/// Read by column index: a derived `FromRow` would look every column up by name, a hash
+/// lookup per column and row that a replay or an export of the whole log pays a million times
+/// over. Debug builds (the tests) check that the query selected [`EVENT_COLUMNS`] in order.
+impl<'r> sqlx::FromRow<'r, PgRow> for EventRow {
+    fn from_row(row: &'r PgRow) -> Result<Self, sqlx::Error> {
+        #[cfg(debug_assertions)]
+        {
+            use sqlx::Column;
+            let names: Vec<&str> = row.columns().iter().map(|c| c.name()).collect();
+            let expected: Vec<&str> = EVENT_COLUMNS.split(", ").collect();
+            debug_assert_eq!(
+                names, expected,
+                "an EventRow query must select EVENT_COLUMNS"
+            );
+        }
+        Ok(EventRow {
+            position: row.try_get(0)?,
+            tx: row.try_get(1)?,
+            event_id: row.try_get(2)?,
+            stream_type: row.try_get(3)?,
+            stream_id: row.try_get(4)?,
+            stream_version: row.try_get(5)?,
+            event_type: row.try_get(6)?,
+            schema_version: row.try_get(7)?,
+            payload: row.try_get(8)?,
+            actor_sub: row.try_get(9)?,
+            actor_role: row.try_get(10)?,
+            command_id: row.try_get(11)?,
+            correlation_id: row.try_get(12)?,
+            causation_id: row.try_get(13)?,
+            occurred_at: row.try_get(14)?,
+        })
+    }
 }
 
 impl From<EventRow> for RecordedEvent {
@@ -117,7 +129,7 @@ where
         .bind(after.tx)
         .bind(after.position)
         .bind(limit.max(0))
-        .try_map(|row: PgRow| event_row(&row).map(RecordedEvent::from))
+        .try_map(|row: PgRow| EventRow::from_row(&row).map(RecordedEvent::from))
         .fetch_all(executor)
         .await
 }
@@ -154,7 +166,7 @@ pub async fn read_types(
         .bind(after.position)
         .bind(limit.max(1))
         .bind(&types)
-        .try_map(|row: PgRow| event_row(&row).map(RecordedEvent::from))
+        .try_map(|row: PgRow| EventRow::from_row(&row).map(RecordedEvent::from))
         .fetch_all(&mut *conn)
         .await?;
     let mut end = events.last().map(RecordedEvent::cursor).unwrap_or(after);

@@ -42,9 +42,9 @@ impl Payload {
     }
 
     /// The value, taken out.
-    pub fn into_value(mut self) -> Value {
+    pub fn into_value(self) -> Value {
         self.value();
-        self.value.take().unwrap_or(Value::Null)
+        self.value.into_inner().unwrap_or(Value::Null)
     }
 
     /// The payload as a domain event enum internally tagged by `type` = `event_type`,
@@ -106,9 +106,8 @@ impl DerefMut for Payload {
         self.value();
         // The text no longer says what the value says.
         self.raw = None;
-        self.value.get_or_init(|| Value::Null);
-        // Initialised just above.
-        self.value.get_mut().expect("payload value initialised")
+        // `value()` initialised it.
+        self.value.get_mut().expect("payload parsed just above")
     }
 }
 
