@@ -5,7 +5,7 @@
 #   deploy/bench.sh rebuild [--events 1000000] [--accounts 2000] [--concurrency 32]
 #   deploy/bench.sh lag [--duration 30] [--concurrency 32] [--probe-interval-ms 20]
 #   deploy/bench.sh telemetry [--duration 30] [--devices 1000] [--publishers 4] [--in-flight 512]
-#                             [--nats-rate 0] [--readings-per-message 1] [--http-clients 4]
+#                             [--nats-rate 0] [--readings-per-message 1] [--zstd LEVEL] [--http-clients 4]
 #                             [--copy-rows 10000] [...]
 #   deploy/bench.sh audit [--events 1000000] [--rss-events 100000] [--rounds 3] [--accounts 2000]
 #   deploy/bench.sh --help

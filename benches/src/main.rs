@@ -119,6 +119,10 @@ struct Args {
     /// `{"readings": [...]}` of one device).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1000))]
     readings_per_message: u64,
+    /// telemetry: compress each NATS message with zstd at this level (1 to 22), sent with
+    /// `Content-Encoding: zstd` (the probe's readings stay plain).
+    #[arg(long, value_parser = clap::value_parser!(i32).range(1..=22))]
+    zstd: Option<i32>,
     /// telemetry: HTTP clients posting batches (1,000 readings of one device each).
     #[arg(long, default_value_t = 4)]
     http_clients: usize,

@@ -396,7 +396,8 @@ struct Published {
 
 /// Publishes readings of `devices` round-robin until `stop_at`, `in_flight` acks outstanding:
 /// one reading per message, or (`per_message` > 1, a gateway) batches `{"readings": [...]}`
-/// of `per_message` readings of one device. `rate` counts readings.
+/// of `per_message` readings of one device. `rate` counts readings. With `zstd` (a level),
+/// each payload is sent as one zstd frame with `Content-Encoding: zstd`.
 #[allow(clippy::too_many_arguments)]
 async fn publisher(
     url: String,
@@ -408,7 +409,9 @@ async fn publisher(
     in_flight: usize,
     msg_id: bool,
     per_message: usize,
+    zstd: Option<i32>,
 ) -> anyhow::Result<Published> {
+    let mut compressor = zstd.map(zstd::bulk::Compressor::new).transpose()?;
     let client = ingest::nats::connect(&url).await?;
     let js = async_nats::jetstream::new(client.clone());
     let subjects: Vec<async_nats::Subject> = devices
@@ -468,10 +471,18 @@ async fn publisher(
             }
             payload.push_str("]}");
         }
-        let body: Vec<u8> = payload.as_bytes().to_vec();
-        let r = if msg_id {
+        let body: Vec<u8> = match compressor.as_mut() {
+            Some(c) => c.compress(payload.as_bytes())?,
+            None => payload.as_bytes().to_vec(),
+        };
+        let r = if msg_id || compressor.is_some() {
             let mut headers = async_nats::HeaderMap::new();
-            headers.insert("Nats-Msg-Id", format!("{}:{seq}", devices[d]).as_str());
+            if msg_id {
+                headers.insert("Nats-Msg-Id", format!("{}:{seq}", devices[d]).as_str());
+            }
+            if compressor.is_some() {
+                headers.insert(ingest::nats::CONTENT_ENCODING, ingest::nats::ZSTD);
+            }
             js.publish_with_headers(subjects[d].clone(), headers, body.into())
                 .await
         } else {
@@ -666,7 +677,7 @@ async fn run_nats(
         .execute(&mut PgConnection::connect(&ctx.db_url).await?)
         .await?;
     eprintln!(
-        "nats: {p} publishers ({} in flight each{}, {per_message} readings per message) over {} \
+        "nats: {p} publishers ({} in flight each{}, {per_message} readings per message{}) over {} \
          devices for {} s, probe on {}",
         a.in_flight,
         if a.nats_rate > 0 {
@@ -674,6 +685,9 @@ async fn run_nats(
         } else {
             String::new()
         },
+        a.zstd
+            .map(|l| format!(", zstd level {l}"))
+            .unwrap_or_default(),
         load.len(),
         duration.as_secs(),
         probe.id
@@ -702,6 +716,7 @@ async fn run_nats(
             a.in_flight,
             a.nats_msg_id,
             per_message,
+            a.zstd,
         ));
     }
     let mut messages = 0u64;
@@ -1041,6 +1056,8 @@ async fn run_nats_floor(
             a.in_flight,
             false,
             a.readings_per_message as usize,
+            // The floor's consumers parse plain JSON.
+            None,
         ));
     }
     let mut published = 0u64;
@@ -1558,10 +1575,12 @@ async fn telemetry(ctx: &Ctx, admin_url: &str, names: &Names) -> anyhow::Result<
             ", no Nats-Msg-Id"
         },
         a.readings_per_message,
-        if a.readings_per_message > 1 {
-            " (gateway batches {\"readings\": [...]} of one device)"
-        } else {
-            ""
+        match (a.readings_per_message > 1, a.zstd) {
+            (true, Some(l)) =>
+                format!(" (gateway batches {{\"readings\": [...]}} of one device, zstd level {l})"),
+            (true, None) => " (gateway batches {\"readings\": [...]} of one device)".to_owned(),
+            (false, Some(l)) => format!(" (zstd level {l})"),
+            (false, None) => String::new(),
         },
         devices.len() - 1,
         a.duration,

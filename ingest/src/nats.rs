@@ -10,7 +10,9 @@
 //! single reading, a malformed, empty, oversized or too large batch, an unknown or inactive
 //! device, a subject that disagrees with the payload) is then terminated, so it is not
 //! delivered again; a refused reading of a batch gets a letter of its own and the rest of its
-//! message is stored and acknowledged. When the database fails, the batch is NAKed with a delay that grows with the
+//! message is stored and acknowledged. A message may be compressed: with the header
+//! `Content-Encoding: zstd` its payload is one zstd frame of the JSON, decompressed by the
+//! worker (at most `max_message_bytes` once decompressed). When the database fails, the batch is NAKed with a delay that grows with the
 //! delivery count, and the worker pauses as long before it takes more. Device status comes
 //! from the event store; a device found active is remembered as such for `active_for`.
 
@@ -34,6 +36,11 @@ use uuid::Uuid;
 /// readings of a dozen metrics fit several times over (the benchmark's 1,000 readings of four
 /// metrics are about 117 KB).
 pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
+/// The header that names a payload's compression, and the one compression taken.
+pub const CONTENT_ENCODING: &str = "Content-Encoding";
+/// A payload that is one zstd frame of the JSON.
+pub const ZSTD: &str = "zstd";
+
 /// Room for a message's headers (`Nats-Msg-Id` and the like) in the stream's size limit,
 /// which counts them with the payload.
 pub const HEADER_ALLOWANCE: usize = 4096;
@@ -197,6 +204,8 @@ pub struct Worker {
     client: async_nats::Client,
     consumer: PullConsumer,
     config: NatsConfig,
+    /// Reused for every compressed message this worker takes.
+    decompressor: zstd::bulk::Decompressor<'static>,
 }
 
 /// What becomes of a message of a batch.
@@ -235,6 +244,98 @@ struct Parsed {
     /// Letters of refused readings of batch messages (kept only if their message is not
     /// refused whole later, for its device).
     reading_letters: Vec<DeadLetter>,
+    /// The decompressed JSON of each compressed message, by its index in the batch.
+    decompressed: HashMap<usize, Vec<u8>>,
+}
+
+/// The JSON of message `i` of `batch`: its payload, or that decompressed.
+fn json<'a>(decompressed: &'a HashMap<usize, Vec<u8>>, batch: &'a [Message], i: usize) -> &'a [u8] {
+    decompressed
+        .get(&i)
+        .map_or(&batch[i].payload[..], Vec::as_slice)
+}
+
+/// How a message's payload is encoded.
+enum Encoding {
+    /// Plain JSON.
+    Json,
+    /// One zstd frame of the JSON.
+    Zstd,
+    /// Something the worker does not take (the header's value).
+    Other(String),
+}
+
+fn encoding(msg: &Message) -> Encoding {
+    let value = msg
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(CONTENT_ENCODING))
+        .map(|v| v.as_str().trim());
+    match value {
+        None => Encoding::Json,
+        Some(v) if v.is_empty() || v.eq_ignore_ascii_case("identity") => Encoding::Json,
+        Some(v) if v.eq_ignore_ascii_case(ZSTD) => Encoding::Zstd,
+        Some(v) => Encoding::Other(v.to_owned()),
+    }
+}
+
+/// The bytes a message counts for in a batch's byte limit: its JSON's size, which for a zstd
+/// frame is the size the frame declares (or the largest message taken, if it declares none).
+fn weight(msg: &Message, max_message_bytes: usize) -> usize {
+    match encoding(msg) {
+        Encoding::Zstd => zstd::zstd_safe::get_frame_content_size(&msg.payload)
+            .ok()
+            .flatten()
+            .map_or(max_message_bytes, |n| {
+                usize::try_from(n)
+                    .unwrap_or(usize::MAX)
+                    .min(max_message_bytes)
+            })
+            .max(msg.payload.len()),
+        _ => msg.payload.len(),
+    }
+}
+
+/// Decompresses one zstd frame of at most `limit` bytes.
+fn decompress(
+    decompressor: &mut zstd::bulk::Decompressor<'static>,
+    payload: &[u8],
+    limit: usize,
+) -> Result<Vec<u8>, Rejection> {
+    let too_large = || Rejection {
+        code: Code::MessageTooLarge,
+        seq: None,
+        detail: format!("more than {limit} bytes once decompressed; at most {limit} per message"),
+    };
+    let bad = |e: std::io::Error| Rejection {
+        code: Code::BadEncoding,
+        seq: None,
+        detail: format!("Content-Encoding is zstd but the payload is not one zstd frame: {e}"),
+    };
+    match zstd::zstd_safe::get_frame_content_size(payload) {
+        // The frame says how large it is: refused at once if too large, else decompressed
+        // into exactly that room (a frame that does not keep its word fails).
+        Ok(Some(n)) if n > limit as u64 => Err(too_large()),
+        Ok(Some(n)) => decompressor.decompress(payload, n as usize).map_err(bad),
+        // A frame of unknown size (a streaming compressor's) is read until one byte past the
+        // limit.
+        _ => {
+            use std::io::Read;
+            let mut out = Vec::new();
+            zstd::stream::read::Decoder::new(payload)
+                .and_then(|d| {
+                    d.single_frame()
+                        .take(limit as u64 + 1)
+                        .read_to_end(&mut out)
+                })
+                .map_err(bad)?;
+            if out.len() > limit {
+                Err(too_large())
+            } else {
+                Ok(out)
+            }
+        }
+    }
 }
 
 impl Worker {
@@ -251,6 +352,8 @@ impl Worker {
             client,
             consumer,
             config,
+            decompressor: zstd::bulk::Decompressor::new()
+                .unwrap_or_else(|e| panic!("a zstd decompression context: {e}")),
         }
     }
 
@@ -286,13 +389,14 @@ impl Worker {
                     continue;
                 }
             };
-            let mut bytes = first.payload.len();
+            let max = self.config.max_message_bytes;
+            let mut bytes = weight(&first, max);
             let mut batch = vec![first];
             let deadline = Instant::now() + self.config.batch_wait;
             while batch.len() < self.config.batch_max && bytes < self.config.batch_max_bytes {
                 match tokio::time::timeout_at(deadline, stream.next()).await {
                     Ok(Some(Ok(m))) => {
-                        bytes += m.payload.len();
+                        bytes += weight(&m, max);
                         batch.push(m);
                     }
                     Ok(Some(Err(error))) => {
@@ -376,7 +480,7 @@ impl Worker {
 
     /// Parses and checks every message: the valid readings, and letters for what is refused
     /// (whole messages, and single readings of batch messages).
-    fn parse(&self, batch: &[Message]) -> Parsed {
+    fn parse(&mut self, batch: &[Message]) -> Parsed {
         let now = Utc::now();
         let prefix = format!("{}.", self.config.subject_prefix);
         let mut p = Parsed {
@@ -385,6 +489,7 @@ impl Worker {
             origin: Vec::with_capacity(batch.len()),
             letters: Vec::new(),
             reading_letters: Vec::new(),
+            decompressed: HashMap::new(),
         };
         for (i, msg) in batch.iter().enumerate() {
             let Ok(info) = msg.info() else {
@@ -425,7 +530,27 @@ impl Worker {
                         self.config.max_message_bytes
                     ),
                 }),
-                Some(_) => reading::parse_message(&msg.payload),
+                Some(_) => match encoding(msg) {
+                    Encoding::Json => reading::parse_message(&msg.payload),
+                    Encoding::Zstd => {
+                        match decompress(
+                            &mut self.decompressor,
+                            &msg.payload,
+                            self.config.max_message_bytes,
+                        ) {
+                            Ok(json) => {
+                                let json = p.decompressed.entry(i).or_insert(json);
+                                reading::parse_message(json)
+                            }
+                            Err(r) => Err(r),
+                        }
+                    }
+                    Encoding::Other(value) => Err(Rejection {
+                        code: Code::BadEncoding,
+                        seq: None,
+                        detail: format!("Content-Encoding {value:?}: only zstd is taken"),
+                    }),
+                },
             };
             let device = device.unwrap_or_default();
             held.device = device;
@@ -454,7 +579,8 @@ impl Worker {
                             Err(r) => {
                                 let texts = texts
                                     .get_or_insert_with(|| {
-                                        reading::batch_texts(&msg.payload).unwrap_or_default()
+                                        reading::batch_texts(json(&p.decompressed, batch, i))
+                                            .unwrap_or_default()
                                     })
                                     .as_slice();
                                 let text = usize::try_from(j).ok().and_then(|j| texts.get(j));
@@ -570,13 +696,14 @@ impl Worker {
         // The texts of batch messages that have readings behind the retention horizon.
         let mut texts: HashMap<usize, Vec<&[u8]>> = HashMap::new();
         let held = &p.held;
+        let decompressed = &p.decompressed;
         let written = store::write(&self.pool, &kept, &letters, |k| {
             let (i, index) = kept_origin[k];
             let msg = &batch[i];
             let text = index.and_then(|j| {
-                let texts = texts
-                    .entry(i)
-                    .or_insert_with(|| reading::batch_texts(&msg.payload).unwrap_or_default());
+                let texts = texts.entry(i).or_insert_with(|| {
+                    reading::batch_texts(json(decompressed, batch, i)).unwrap_or_default()
+                });
                 usize::try_from(j).ok().and_then(|j| texts.get(j).copied())
             });
             let r = Rejection {

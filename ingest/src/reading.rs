@@ -67,8 +67,11 @@ pub enum Code {
     NoReadings,
     /// A NATS batch message of more than 1,000 readings.
     TooManyReadings,
-    /// A NATS message larger than the worker takes.
+    /// A NATS message larger than the worker takes (compressed or once decompressed).
     MessageTooLarge,
+    /// A NATS message whose `Content-Encoding` is not `zstd`, or whose zstd frame does not
+    /// decompress.
+    BadEncoding,
 }
 
 impl Code {
@@ -91,6 +94,7 @@ impl Code {
             Code::NoReadings => "no_readings",
             Code::TooManyReadings => "too_many_readings",
             Code::MessageTooLarge => "message_too_large",
+            Code::BadEncoding => "bad_encoding",
         }
     }
 }

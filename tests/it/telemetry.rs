@@ -1541,3 +1541,6 @@ async fn batches_refused_whole_are_dead_lettered_once_and_terminated() {
     let _ = stop.send(true);
     worker.await.expect("the worker stops on shutdown");
 }
+
+#[path = "telemetry_compressed.rs"]
+mod compressed;
