@@ -1,9 +1,10 @@
 //! Telemetry over HTTP and NATS JetStream: deduplication on (device, seq) across both paths
 //! (per UTC day of ts), validation codes and whole-body refusals, inactive and unknown
-//! devices, a worker killed mid-batch, dead letters that are recorded once and never delivered
-//! again, NAKs while the database fails, rollups (applied behind the writers by the rollup
-//! worker, exactly once, also when it is killed mid-batch) equal to aggregates of the raw
-//! readings, queries and retention.
+//! devices, concurrent HTTP requests that repeat each other's readings, clients that go away
+//! mid-request, a write the database refuses, a worker killed mid-batch, dead letters that
+//! are recorded once and never delivered again, NAKs while the database fails, rollups
+//! (applied behind the writers by the rollup worker, exactly once, also when it is killed
+//! mid-batch) equal to aggregates of the raw readings, queries and retention.
 //!
 //! The NATS tests need a JetStream server at `NATS_URL` (default `nats://127.0.0.1:4222`);
 //! each uses its own stream, subjects and consumer and deletes its stream at the end.
@@ -664,6 +665,279 @@ async fn rollups_match_raw(pool: &PgPool) -> usize {
     .expect("latest");
     assert_eq!(latest, expected);
     raw.len()
+}
+
+/// One request of the concurrent tests: its device's credential and its readings; each
+/// reading's `temp` names the request (`tag`), so a stored row tells which request stored it.
+struct Posted {
+    device: Uuid,
+    credential: String,
+    tag: i64,
+    readings: Vec<Value>,
+}
+
+/// `n` requests of 20-150 readings each for one of `devices`, with seqs drawn from 0..400, so
+/// that requests repeat each other's readings (and their own). A reading's `ts` is fixed by
+/// its seq (a repeat falls on the same UTC day); one request in five also carries a reading
+/// behind the retention horizon.
+fn overlapping_requests(
+    rng: &mut StdRng,
+    devices: &[(Uuid, String)],
+    n: usize,
+    first_tag: i64,
+) -> Vec<Posted> {
+    let base = Utc::now() - Span::minutes(30);
+    let base = if (base - Span::minutes(10)).date_naive() == base.date_naive() {
+        base
+    } else {
+        // Keep every ts within one UTC day, whatever the time of the run: the day before.
+        base.date_naive().and_time(chrono::NaiveTime::MIN).and_utc() - Span::minutes(1)
+    };
+    (0..n)
+        .map(|k| {
+            let (device, credential) = devices[rng.gen_range(0..devices.len())].clone();
+            let tag = first_tag + k as i64;
+            let mut readings: Vec<Value> = (0..rng.gen_range(20..150))
+                .map(|_| {
+                    let seq: i64 = rng.gen_range(0..400);
+                    let ts = base - Span::milliseconds(seq * 1_000);
+                    reading(seq, ts, json!({"temp": tag, "hum": rng.gen_range(0..100)}))
+                })
+                .collect();
+            if rng.gen_bool(0.2) {
+                let at = rng.gen_range(0..readings.len());
+                readings.insert(
+                    at,
+                    reading(
+                        1_000_000 + tag,
+                        Utc::now() - Span::days(60),
+                        json!({"temp": tag}),
+                    ),
+                );
+            }
+            Posted {
+                device,
+                credential,
+                tag,
+                readings,
+            }
+        })
+        .collect()
+}
+
+/// Checks an answer against its request: every reading counted once, and the refused ones
+/// are exactly its readings behind the retention horizon.
+fn check_answer(p: &Posted, a: &Answer) -> (i64, i64) {
+    assert_eq!(a.status, StatusCode::ACCEPTED, "{:?}", a.body);
+    let accepted = a.body["accepted"].as_i64().expect("accepted");
+    let duplicates = a.body["duplicates"].as_i64().expect("duplicates");
+    let rejected = a.body["rejected"].as_array().expect("rejected");
+    assert_eq!(
+        accepted + duplicates + rejected.len() as i64,
+        p.readings.len() as i64,
+        "{:?}",
+        a.body
+    );
+    let old: Vec<Value> = p
+        .readings
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r["seq"].as_i64() >= Some(1_000_000))
+        .map(|(i, r)| json!({"index": i, "seq": r["seq"], "code": "ts_too_old"}))
+        .collect();
+    assert_eq!(rejected, &old);
+    (accepted, duplicates)
+}
+
+/// How many stored readings each request (by tag) stored, and how many rows per key.
+async fn stored_by_tag(pool: &PgPool) -> (BTreeMap<(Uuid, i64), i64>, i64) {
+    let rows: Vec<(Uuid, i64, i64)> = sqlx::query_as(
+        "SELECT device_id, (metrics->>'temp')::float8::int8, count(*) FROM telemetry GROUP BY 1, 2",
+    )
+    .fetch_all(pool)
+    .await
+    .expect("rows by tag");
+    let most_per_key = count(
+        pool,
+        "SELECT coalesce(max(n), 0) FROM (SELECT count(*) AS n FROM telemetry
+         GROUP BY device_id, seq, (ts AT TIME ZONE 'UTC')::date) k",
+    )
+    .await;
+    (
+        rows.into_iter().map(|(d, t, n)| ((d, t), n)).collect(),
+        most_per_key,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_requests_repeating_each_other_store_each_reading_once_and_count_it_once() {
+    let s = site().await;
+    let mut devices = Vec::new();
+    for serial in ["T-c1", "T-c2", "T-c3"] {
+        devices.push(s.active(serial).await);
+    }
+    let seed: u64 = rand::random();
+    println!("concurrent telemetry test seed {seed}");
+    let mut rng = StdRng::seed_from_u64(seed);
+    // 16 clients, 5 requests each, one after the other.
+    let clients: Vec<Vec<Posted>> = (0..16)
+        .map(|c| overlapping_requests(&mut rng, &devices, 5, c * 100))
+        .collect();
+    let s = &s;
+    let answers = futures::future::join_all(clients.iter().map(|requests| async move {
+        let mut answers = Vec::new();
+        for p in requests {
+            answers.push(s.post(&p.credential, p.readings.clone()).await);
+        }
+        answers
+    }))
+    .await;
+    let (by_tag, most_per_key) = stored_by_tag(s.pool()).await;
+    assert_eq!(most_per_key, 1, "a key stored twice");
+    let mut total = 0;
+    for (requests, answers) in clients.iter().zip(&answers) {
+        for (p, a) in requests.iter().zip(answers) {
+            let (accepted, _) = check_answer(p, a);
+            // The rows this request stored are exactly those it counted as accepted.
+            assert_eq!(
+                by_tag.get(&(p.device, p.tag)).copied().unwrap_or(0),
+                accepted,
+                "request {}: {:?}",
+                p.tag,
+                a.body
+            );
+            total += accepted;
+        }
+    }
+    assert_eq!(s.stored().await, total);
+    // Every distinct key sent (within the horizon) is stored.
+    let mut keys = BTreeSet::new();
+    for p in clients.iter().flatten() {
+        for r in &p.readings {
+            let seq = r["seq"].as_i64().expect("seq");
+            if seq < 1_000_000 {
+                keys.insert((p.device, seq));
+            }
+        }
+    }
+    assert_eq!(total, keys.len() as i64);
+    s.roll_up().await;
+    rollups_match_raw(s.pool()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn clients_that_go_away_mid_request_do_not_disturb_the_others() {
+    let s = site().await;
+    let mut devices = Vec::new();
+    for serial in ["T-g1", "T-g2"] {
+        devices.push(s.active(serial).await);
+    }
+    let seed: u64 = rand::random();
+    println!("dropped clients test seed {seed}");
+    let s = &s;
+    let mut rng = StdRng::seed_from_u64(seed);
+    let kept = overlapping_requests(&mut rng, &devices, 24, 0);
+    // The clients that go away send readings of their own (other seqs), and give up after
+    // 0 to 30 ms: before, during or after their readings' transaction.
+    let gone: Vec<(Posted, u64)> = overlapping_requests(&mut rng, &devices, 24, 1_000)
+        .into_iter()
+        .map(|mut p| {
+            for r in &mut p.readings {
+                let seq = r["seq"].as_i64().expect("seq");
+                r["seq"] = json!(seq + 10_000);
+            }
+            let after = rng.gen_range(0..30);
+            (p, after)
+        })
+        .collect();
+    let (kept_answers, _) = tokio::join!(
+        futures::future::join_all(
+            kept.iter()
+                .map(|p| async move { s.post(&p.credential, p.readings.clone()).await })
+        ),
+        futures::future::join_all(gone.iter().map(|(p, after)| async move {
+            let post = s.post(&p.credential, p.readings.clone());
+            let _ = tokio::time::timeout(Duration::from_millis(*after), post).await;
+        }))
+    );
+    let (by_tag, most_per_key) = stored_by_tag(s.pool()).await;
+    assert_eq!(most_per_key, 1, "a key stored twice");
+    for (p, a) in kept.iter().zip(&kept_answers) {
+        let (accepted, _) = check_answer(p, a);
+        assert_eq!(
+            by_tag.get(&(p.device, p.tag)).copied().unwrap_or(0),
+            accepted
+        );
+    }
+    // The clients that went away send their readings again: then every one of them is
+    // stored, once.
+    let mut keys = BTreeSet::new();
+    for (p, _) in &gone {
+        for r in &p.readings {
+            let seq = r["seq"].as_i64().expect("seq");
+            if seq < 1_000_000 {
+                keys.insert((p.device, seq));
+            }
+        }
+    }
+    for (p, _) in &gone {
+        let a = s.post(&p.credential, p.readings.clone()).await;
+        check_answer(p, &a);
+    }
+    let again: i64 = count(
+        s.pool(),
+        "SELECT count(*) FROM telemetry WHERE seq >= 10000 AND seq < 1000000",
+    )
+    .await;
+    assert_eq!(again, keys.len() as i64);
+    assert_eq!(stored_by_tag(s.pool()).await.1, 1);
+    s.roll_up().await;
+    rollups_match_raw(s.pool()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn when_the_database_refuses_the_write_every_request_gets_503_and_nothing_is_stored() {
+    let s = site().await;
+    let devices = vec![s.active("T-f1").await, s.active("T-f2").await];
+    let seed: u64 = rand::random();
+    println!("refused write test seed {seed}");
+    let mut rng = StdRng::seed_from_u64(seed);
+    let requests = overlapping_requests(&mut rng, &devices, 16, 0);
+    // The rows go in, then the rollup delta fails: the whole transaction rolls back.
+    sqlx::query("ALTER TABLE telemetry_rollup_queue RENAME TO telemetry_rollup_queue_away")
+        .execute(s.pool())
+        .await
+        .expect("break the writer");
+    let s = &s;
+    let answers = futures::future::join_all(
+        requests
+            .iter()
+            .map(|p| async move { s.post(&p.credential, p.readings.clone()).await }),
+    )
+    .await;
+    for a in &answers {
+        assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", a.body);
+        assert_eq!(problem_code(a), "unavailable");
+    }
+    assert_eq!(s.stored().await, 0);
+    sqlx::query("ALTER TABLE telemetry_rollup_queue_away RENAME TO telemetry_rollup_queue")
+        .execute(s.pool())
+        .await
+        .expect("repair the writer");
+    let answers = futures::future::join_all(
+        requests
+            .iter()
+            .map(|p| async move { s.post(&p.credential, p.readings.clone()).await }),
+    )
+    .await;
+    let mut total = 0;
+    for (p, a) in requests.iter().zip(&answers) {
+        total += check_answer(p, a).0;
+    }
+    assert_eq!(s.stored().await, total);
+    assert_eq!(stored_by_tag(s.pool()).await.1, 1);
+    s.roll_up().await;
+    rollups_match_raw(s.pool()).await;
 }
 
 #[tokio::test]
