@@ -1798,22 +1798,31 @@ async fn batches_refused_whole_are_dead_lettered_once_and_terminated() {
     bus.publish(vec![(bus.subject(good), batch(&[ok(1), ok(2)]))])
         .await;
     eventually("the later batch", || async { s.stored().await == 2 }).await;
+    one_letter_per_message(s.pool(), &bus, refused.iter().map(|(_, p, c)| (&p[..], *c))).await;
+    let _ = stop.send(true);
+    worker.await.expect("the worker stops on shutdown");
+}
+
+/// Once `bus` is drained: nothing was delivered again, and the dead letters are one per
+/// message refused whole, with its payload as received and its code, in publish order.
+async fn one_letter_per_message<'a>(
+    pool: &PgPool,
+    bus: &Bus,
+    refused: impl Iterator<Item = (&'a [u8], &'a str)>,
+) {
     bus.drained().await;
     let (_, _, redelivered) = bus.consumer_state().await;
     assert_eq!(redelivered, 0);
-    let got = letters(s.pool()).await;
+    let got = letters(pool).await;
     assert_eq!(
         got.iter()
             .map(|(_, i, r, p, d)| (*i, r.as_str(), p.as_slice(), *d))
             .collect::<Vec<_>>(),
         refused
-            .iter()
-            .map(|(_, p, code)| (None, *code, p.as_slice(), 1))
+            .map(|(p, code)| (None, code, p, 1))
             .collect::<Vec<_>>(),
-        "one letter per message, its whole payload, in publish order"
+        "one letter per message, its payload as received, in publish order"
     );
-    let _ = stop.send(true);
-    worker.await.expect("the worker stops on shutdown");
 }
 
 #[path = "telemetry_compressed.rs"]
