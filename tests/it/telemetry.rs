@@ -1535,6 +1535,17 @@ fn batch(readings: &[Value]) -> Vec<u8> {
     payload(json!({ "readings": readings }))
 }
 
+/// A gateway's largest batch: 1,000 readings of one device (seq 0 to 999, two metrics each,
+/// a millisecond apart up to `now`).
+fn full_batch(now: DateTime<Utc>) -> Vec<Value> {
+    (0..ingest::reading::MAX_READINGS as i64)
+        .map(|seq| {
+            let ts = now - Span::milliseconds(1000 - seq);
+            reading(seq, ts, json!({"temp": seq % 7, "hum": 50}))
+        })
+        .collect()
+}
+
 /// The dead letters of the test's stream: (stream_seq, reading_index, reason, payload,
 /// deliveries), in order.
 async fn letters(pool: &PgPool) -> Vec<(i64, Option<i32>, String, Vec<u8>, i32)> {
@@ -1580,12 +1591,7 @@ async fn a_batch_message_is_stored_once_per_reading_also_when_published_twice() 
     );
     let (worker, stop) = bus.worker(s.pool()).await;
     let now = Utc::now();
-    let readings: Vec<Value> = (0..ingest::reading::MAX_READINGS as i64)
-        .map(|seq| {
-            let ts = now - Span::milliseconds(1000 - seq);
-            reading(seq, ts, json!({"temp": seq % 7, "hum": 50}))
-        })
-        .collect();
+    let readings = full_batch(now);
     let total = readings.len() as i64;
     // The full batch, a single reading of another device alongside, then the batch again
     // and the same readings split in two batches: each reading is one row.

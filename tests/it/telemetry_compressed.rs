@@ -40,12 +40,7 @@ async fn a_compressed_batch_is_stored_like_the_plain_one_and_its_bad_readings_ha
     let bus = Bus::new(|_| {}).await;
     let (worker, stop) = bus.worker(s.pool()).await;
     let now = Utc::now();
-    let readings: Vec<Value> = (0..ingest::reading::MAX_READINGS as i64)
-        .map(|seq| {
-            let ts = now - Span::milliseconds(1000 - seq);
-            reading(seq, ts, json!({"temp": seq % 7, "hum": 50}))
-        })
-        .collect();
+    let readings = full_batch(now);
     let plain = batch(&readings);
     let packed = zstd(&plain);
     assert!(packed.len() * 4 < plain.len(), "the batch compresses");
