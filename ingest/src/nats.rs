@@ -12,8 +12,9 @@
 //! delivered again; a refused reading of a batch gets a letter of its own and the rest of its
 //! message is stored and acknowledged. A message may be compressed: with the header
 //! `Content-Encoding: zstd` its payload is one zstd frame of the JSON, decompressed by the
-//! worker (at most `max_message_bytes` once decompressed). When the database fails, the batch is NAKed with a delay that grows with the
-//! delivery count, and the worker pauses as long before it takes more. Device status comes
+//! worker (at most `max_message_bytes` once decompressed). When the database fails, the batch
+//! is NAKed with a delay that grows with the delivery count, and the worker pauses as long
+//! before it takes more. Device status comes
 //! from the event store; a device found active is remembered as such for `active_for`.
 
 use crate::reading::{self, Code, Reading, Rejection, WireMessage};
