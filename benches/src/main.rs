@@ -8,6 +8,7 @@
 mod audit;
 mod read_side;
 mod telemetry;
+mod telemetry_cpu;
 
 /// mimalloc: the log is read and decoded into many small allocations across threads, where
 /// it is markedly cheaper than the system allocator (docs/benchmarks.md, "Read side").
@@ -50,6 +51,9 @@ enum Scenario {
     /// route and verify against a raw COPY of the same rows; the export's peak RSS at
     /// --rss-events and at --events.
     Audit,
+    /// The NATS ingest worker's own CPU per reading (decompress, parse, check, COPY encoding,
+    /// rollup delta) on one thread, without NATS or PostgreSQL.
+    TelemetryCpu,
 }
 
 /// Chronicle's benchmark: commands over HTTP against a raw PostgreSQL baseline.
@@ -1116,6 +1120,8 @@ async fn run(ctx: &Ctx, admin_url: &str) -> anyhow::Result<()> {
         Scenario::Lag => return read_side::run_lag(ctx, admin_url).await,
         Scenario::Telemetry => return telemetry::run_telemetry(ctx, admin_url).await,
         Scenario::Audit => return audit::run_audit(ctx, admin_url).await,
+        // Runs in `bench`, before any database or server is made.
+        Scenario::TelemetryCpu => return Ok(()),
         Scenario::Deposits | Scenario::LongStream | Scenario::All => {}
     }
     let mut server = ctx.start_server().await?;
@@ -1174,6 +1180,9 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn bench(args: Args) -> anyhow::Result<()> {
+    if args.scenario == Scenario::TelemetryCpu {
+        return telemetry_cpu::run(args.duration, args.readings_per_message as usize, args.zstd);
+    }
     if args.concurrency == 0 || args.duration == 0 {
         bail!("--concurrency and --duration must be at least 1");
     }

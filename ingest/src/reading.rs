@@ -2,7 +2,8 @@
 //! an optional `device_id` that must name the device the transport authenticated (the HTTP
 //! credential, or the NATS subject). Every refusal has a stable [`Rejection`] code.
 
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Duration, NaiveDate, Utc};
+pub use compact_str::CompactString;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -27,8 +28,9 @@ pub struct Reading {
     pub seq: i64,
     /// When it was measured.
     pub ts: DateTime<Utc>,
-    /// 1 to 64 finite values, sorted by name, each name once.
-    pub metrics: Vec<(String, f64)>,
+    /// 1 to 64 finite values, sorted by name, each name once. Names up to 24 bytes are held
+    /// inline ([`CompactString`]): no allocation per metric.
+    pub metrics: Vec<(CompactString, f64)>,
 }
 
 /// Why a reading was refused: a stable code (the `code` of `rejected` entries and the
@@ -148,9 +150,10 @@ pub struct WireReading {
     seq: Option<i64>,
     /// `ts`: absent or not a string (`None`), or the result of reading it as RFC 3339.
     ts: Option<Result<DateTime<Utc>, String>>,
-    /// `metrics` if it was an object: its entries, a value being `None` when it was not a
-    /// number.
-    metrics: Option<Vec<(String, Option<f64>)>>,
+    /// `metrics` if it was an object: its entries, a value being NaN when it was not a
+    /// number (a JSON number is never NaN), so that [`check`] turns the entries into the
+    /// reading's metrics in place.
+    metrics: Option<Vec<(CompactString, f64)>>,
     /// `device_id` if present: `Some(id)` when it was a string holding a UUID.
     device_id: Option<Option<Uuid>>,
     /// The first (by name) field that is not one of the reading's.
@@ -224,26 +227,26 @@ pub fn check(wire: WireReading, device: Uuid, now: DateTime<Utc>) -> Result<Read
             ),
         ));
     }
-    let mut metrics = Vec::with_capacity(raw_metrics.len());
-    for (name, value) in raw_metrics {
-        if !is_metric_name(&name) {
+    for (name, value) in &raw_metrics {
+        if !is_metric_name(name) {
             return Err(Rejection::new(
                 Code::BadMetricName,
                 Some(seq),
-                format!("metric names are 1-64 of a-z 0-9 _ . (got {name:?})"),
+                format!(
+                    "metric names are 1-64 of a-z 0-9 _ . (got {:?})",
+                    name.as_str()
+                ),
             ));
         }
-        match value {
-            Some(v) if v.is_finite() => metrics.push((name, v)),
-            _ => {
-                return Err(Rejection::new(
-                    Code::NotFinite,
-                    Some(seq),
-                    format!("metric {name} is not a finite number"),
-                ))
-            }
+        if !value.is_finite() {
+            return Err(Rejection::new(
+                Code::NotFinite,
+                Some(seq),
+                format!("metric {name} is not a finite number"),
+            ));
         }
     }
+    let metrics = raw_metrics;
     if ts > now + MAX_FUTURE {
         return Err(Rejection::new(
             Code::TsInFuture,
@@ -443,6 +446,78 @@ impl<'de> Deserialize<'de> for SeqField {
     }
 }
 
+/// Reads `ts` as RFC 3339, as `DateTime::parse_from_rfc3339` reads it, in UTC. The common
+/// form, `YYYY-MM-DDTHH:MM:SS[.fraction]` with `Z` or `±HH:MM`, is read here directly (chrono's
+/// general parser and offset conversion were a tenth of the NATS worker's CPU); anything else
+/// (lowercase or space separators, a leap second, an out-of-range field, more than nine
+/// fraction digits) goes to chrono, whose verdict and error text stand.
+pub fn parse_ts(s: &str) -> Result<DateTime<Utc>, String> {
+    match parse_ts_common(s.as_bytes()) {
+        Some(ts) => Ok(ts),
+        None => DateTime::parse_from_rfc3339(s)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(|e| e.to_string()),
+    }
+}
+
+/// The common form of an RFC 3339 time, or `None` to leave it to chrono.
+fn parse_ts_common(b: &[u8]) -> Option<DateTime<Utc>> {
+    fn digits(b: &[u8]) -> Option<u32> {
+        b.iter().try_fold(0u32, |n, &c| {
+            c.is_ascii_digit().then(|| n * 10 + u32::from(c - b'0'))
+        })
+    }
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || b[10] != b'T'
+        || b[13] != b':'
+        || b[16] != b':'
+    {
+        return None;
+    }
+    let year = digits(&b[0..4])?;
+    let date = NaiveDate::from_ymd_opt(year as i32, digits(&b[5..7])?, digits(&b[8..10])?)?;
+    let (hour, minute, second) = (
+        digits(&b[11..13])?,
+        digits(&b[14..16])?,
+        digits(&b[17..19])?,
+    );
+    let mut rest = &b[19..];
+    let mut nanos = 0u32;
+    if rest.first() == Some(&b'.') {
+        let n = rest[1..].iter().take_while(|c| c.is_ascii_digit()).count();
+        if n == 0 || n > 9 {
+            return None;
+        }
+        nanos = digits(&rest[1..=n])? * 10u32.pow(9 - n as u32);
+        rest = &rest[1 + n..];
+    }
+    // Seconds of 60 (a leap second) are chrono's to read.
+    if second > 59 {
+        return None;
+    }
+    let local = date.and_hms_nano_opt(hour, minute, second, nanos)?;
+    let offset = match rest {
+        [b'Z'] => 0,
+        [sign @ (b'+' | b'-'), h1, h2, b':', m1, m2] => {
+            let (h, m) = (digits(&[*h1, *h2])?, digits(&[*m1, *m2])?);
+            if h > 23 || m > 59 {
+                return None;
+            }
+            let secs = i64::from(h * 3600 + m * 60);
+            if *sign == b'-' {
+                -secs
+            } else {
+                secs
+            }
+        }
+        _ => return None,
+    };
+    let utc = local.checked_sub_signed(Duration::seconds(offset))?;
+    Some(DateTime::from_naive_utc_and_offset(utc, Utc))
+}
+
 /// `ts`: a string read as RFC 3339, else `None`.
 struct TsField(Option<Result<DateTime<Utc>, String>>);
 
@@ -455,11 +530,7 @@ impl<'de> Deserialize<'de> for TsField {
                 f.write_str("any JSON value")
             }
             fn visit_str<E: de::Error>(self, s: &str) -> Result<TsField, E> {
-                Ok(TsField(Some(
-                    DateTime::parse_from_rfc3339(s)
-                        .map(|t| t.with_timezone(&Utc))
-                        .map_err(|e| e.to_string()),
-                )))
+                Ok(TsField(Some(parse_ts(s))))
             }
             fn visit_map<A: MapAccess<'de>>(self, a: A) -> Result<TsField, A::Error> {
                 drain_map(a).map(|()| TsField(None))
@@ -493,8 +564,8 @@ impl<'de> Deserialize<'de> for DeviceField {
     }
 }
 
-/// A metric's value: a number as f64, else `None`.
-struct MetricValue(Option<f64>);
+/// A metric's value: a number as f64, else NaN (which no JSON number reads as).
+struct MetricValue(f64);
 
 impl<'de> Deserialize<'de> for MetricValue {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -505,28 +576,48 @@ impl<'de> Deserialize<'de> for MetricValue {
                 f.write_str("any JSON value")
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<MetricValue, E> {
-                Ok(MetricValue(Some(v as f64)))
+                Ok(MetricValue(v as f64))
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<MetricValue, E> {
-                Ok(MetricValue(Some(v as f64)))
+                Ok(MetricValue(v as f64))
             }
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<MetricValue, E> {
-                Ok(MetricValue(Some(v)))
+                Ok(MetricValue(v))
             }
             fn visit_str<E: de::Error>(self, _: &str) -> Result<MetricValue, E> {
-                Ok(MetricValue(None))
+                Ok(MetricValue(f64::NAN))
             }
             fn visit_map<A: MapAccess<'de>>(self, a: A) -> Result<MetricValue, A::Error> {
-                drain_map(a).map(|()| MetricValue(None))
+                drain_map(a).map(|()| MetricValue(f64::NAN))
             }
-            other_shapes!(MetricValue(None), except_numbers);
+            other_shapes!(MetricValue(f64::NAN), except_numbers);
         }
         d.deserialize_any(V)
     }
 }
 
+/// A metric's name as it arrived, held inline up to 24 bytes (any string: [`check`] judges
+/// it).
+struct MetricName(CompactString);
+
+impl<'de> Deserialize<'de> for MetricName {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = MetricName;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a metric name")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<MetricName, E> {
+                Ok(MetricName(CompactString::from(s)))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
 /// `metrics`: the entries of an object, else `None`.
-struct MetricsField(Option<Vec<(String, Option<f64>)>>);
+struct MetricsField(Option<Vec<(CompactString, f64)>>);
 
 impl<'de> Deserialize<'de> for MetricsField {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -538,9 +629,9 @@ impl<'de> Deserialize<'de> for MetricsField {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<MetricsField, A::Error> {
                 let mut entries = Vec::with_capacity(a.size_hint().unwrap_or(4).min(MAX_METRICS));
-                while let Some(name) = a.next_key::<String>()? {
+                while let Some(name) = a.next_key::<MetricName>()? {
                     let value: MetricValue = a.next_value()?;
-                    entries.push((name, value.0));
+                    entries.push((name.0, value.0));
                 }
                 Ok(MetricsField(Some(entries)))
             }
@@ -759,10 +850,7 @@ mod tests {
         assert_eq!(r.as_ref().map(|r| r.metrics.len()), Some(2));
         assert_eq!(
             r.map(|r| r.metrics),
-            Some(vec![
-                ("rssi".to_owned(), -70.0),
-                ("temp.c".to_owned(), 21.5)
-            ])
+            Some(vec![("rssi".into(), -70.0), ("temp.c".into(), 21.5)])
         );
     }
 
@@ -857,7 +945,7 @@ mod tests {
         let r = parse(cases[0].as_bytes(), Uuid::nil(), now()).ok();
         assert_eq!(
             r.map(|r| r.metrics),
-            Some(vec![("a".to_owned(), 2.0), ("b".to_owned(), 3.0)])
+            Some(vec![("a".into(), 2.0), ("b".into(), 3.0)])
         );
         // The first unknown field by name is the one reported; an escaped name is read.
         let e = parse(cases[7].as_bytes(), Uuid::nil(), now()).err();
@@ -866,7 +954,7 @@ mod tests {
             Some((Code::BadReading, Some(2), "unknown field `aa`".to_owned()))
         );
         let r = parse(cases[10].as_bytes(), Uuid::nil(), now()).ok();
-        assert_eq!(r.map(|r| r.metrics), Some(vec![("ab".to_owned(), -0.0)]));
+        assert_eq!(r.map(|r| r.metrics), Some(vec![("ab".into(), -0.0)]));
         // Seq: too large, or a float, is not an integer of the reading.
         for case in &cases[1..3] {
             let e = parse(case.as_bytes(), Uuid::nil(), now()).err();
@@ -943,6 +1031,76 @@ mod tests {
             matches!(m, Ok(WireMessage::One(ref w)) if !w.object),
             "{m:?}"
         );
+    }
+
+    fn chrono_ts(s: &str) -> Result<DateTime<Utc>, String> {
+        DateTime::parse_from_rfc3339(s)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_common_ts_form_reads_as_chrono_reads_it() {
+        let cases = [
+            "2025-03-01T12:00:00Z",
+            "2025-03-01T12:00:00.5Z",
+            "2025-03-01T12:00:00.123456789Z",
+            "2025-03-01T12:00:00.1234567891Z",
+            "2025-03-01T12:00:00+05:30",
+            "2025-03-01T00:10:00-23:59",
+            "2025-03-01T12:00:00-00:00",
+            "2024-02-29T23:59:59.999999+00:00",
+            "2025-02-29T12:00:00Z",
+            "2025-12-31T23:59:60Z",
+            "2025-03-01t12:00:00z",
+            "2025-03-01 12:00:00Z",
+            "2025-03-01T24:00:00Z",
+            "2025-03-01T12:00:00.Z",
+            "2025-03-01T12:00:00+24:00",
+            "2025-03-01T12:00:00+0530",
+            "0000-01-01T00:00:00+01:00",
+            "9999-12-31T23:59:59-01:00",
+            "2025-03-01T12:00:00",
+            "+025-03-01T12:00:00Z",
+            "2025-03-01T12:00:00Z ",
+        ];
+        for case in cases {
+            assert_eq!(parse_ts(case), chrono_ts(case), "{case}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Any string of the RFC 3339 shape, with any digits, separators and offsets, reads
+        /// as chrono reads it: the same time, or a refusal with chrono's text.
+        #[test]
+        fn any_ts_reads_as_chrono_reads_it(
+            date in "[0-9+]{4}-[0-9]{2}-[0-9]{2}",
+            sep in "[Tt ]",
+            time in "[0-9]{2}:[0-9]{2}:[0-9]{2}",
+            fraction in "(\\.[0-9]{0,11})?",
+            offset in "(Z|z|[+-][0-9]{2}:[0-9]{2}|[+-][0-9]{4}|)",
+        ) {
+            let s = format!("{date}{sep}{time}{fraction}{offset}");
+            proptest::prop_assert_eq!(parse_ts(&s), chrono_ts(&s), "{}", s);
+        }
+
+        #[test]
+        fn plausible_ts_reads_as_chrono_reads_it(
+            y in 0i32..=9999, mo in 1u32..=13, d in 1u32..=31,
+            h in 0u32..=24, mi in 0u32..=60, sec in 0u32..=60,
+            frac in proptest::option::of(0u32..1_000_000_000), digits in 1usize..=9,
+            off in proptest::option::of((proptest::bool::ANY, 0u32..=24, 0u32..=60)),
+        ) {
+            let fraction = frac
+                .map(|f| format!(".{:09}", f)[..=digits].to_owned())
+                .unwrap_or_default();
+            let offset = match off {
+                None => "Z".to_owned(),
+                Some((neg, oh, om)) => format!("{}{oh:02}:{om:02}", if neg { '-' } else { '+' }),
+            };
+            let s = format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{sec:02}{fraction}{offset}");
+            proptest::prop_assert_eq!(parse_ts(&s), chrono_ts(&s), "{}", s);
+        }
     }
 
     #[test]

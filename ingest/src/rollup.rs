@@ -73,7 +73,7 @@ type Key<'a> = (Uuid, &'a str, DateTime<Utc>);
 /// statistics of the values and the newest value by `(ts, seq)`.
 #[derive(Debug, Default)]
 pub struct Delta<'a> {
-    /// Sorted by key, each key once.
+    /// By device, minute and metric; each key once.
     entries: Vec<(Key<'a>, Agg)>,
     readings: usize,
 }
@@ -127,10 +127,16 @@ impl<'a> Delta<'a> {
                 }
                 at = Some((*device, *bucket));
             }
-            for (name, value) in &r.metrics {
+            for (j, (name, value)) in r.metrics.iter().enumerate() {
                 let one = Agg::one(*value, r.ts, r.seq);
-                match group.iter_mut().find(|(m, _)| *m == name.as_str()) {
-                    Some((_, a)) => a.merge(&one),
+                // A device's readings mostly carry the same names, sorted: the j-th metric
+                // is usually the group's j-th entry.
+                let at = match group.get(j) {
+                    Some((m, _)) if *m == name.as_str() => Some(j),
+                    _ => group.iter().position(|(m, _)| *m == name.as_str()),
+                };
+                match at {
+                    Some(k) => group[k].1.merge(&one),
                     None => group.push((name.as_str(), one)),
                 }
             }
@@ -459,7 +465,53 @@ mod tests {
             device_id: Uuid::nil(),
             seq,
             ts: at(ts),
-            metrics: metrics.iter().map(|(n, v)| ((*n).to_owned(), *v)).collect(),
+            metrics: metrics.iter().map(|(n, v)| ((*n).into(), *v)).collect(),
+        }
+    }
+
+    proptest::proptest! {
+        /// Whatever names each reading carries (sorted, as `check` leaves them), the delta
+        /// holds, per device, metric and minute, the count, sum, extremes and newest value of
+        /// exactly the values given.
+        #[test]
+        fn a_delta_matches_a_direct_tally(
+            rows in proptest::collection::vec(
+                (0u128..3, 0i64..50, 0i64..180,
+                 proptest::sample::subsequence(vec!["a", "b", "c.d", "e"], 1..=4),
+                 -100i32..100),
+                1..60,
+            ),
+        ) {
+            let readings: Vec<Reading> = rows
+                .iter()
+                .map(|(d, seq, secs, names, v)| Reading {
+                    device_id: Uuid::from_u128(*d),
+                    seq: *seq,
+                    ts: DateTime::from_timestamp(1_700_000_000 + secs, 0).unwrap_or_default(),
+                    metrics: names
+                        .iter()
+                        .enumerate()
+                        .map(|(k, n)| ((*n).into(), f64::from(*v) + k as f64))
+                        .collect(),
+                })
+                .collect();
+            let mut want: HashMap<(Uuid, String, DateTime<Utc>), Agg> = HashMap::new();
+            for r in &readings {
+                for (n, v) in &r.metrics {
+                    let one = Agg::one(*v, r.ts, r.seq);
+                    want.entry((r.device_id, n.to_string(), minute(r.ts)))
+                        .and_modify(|a| a.merge(&one))
+                        .or_insert(one);
+                }
+            }
+            let delta = Delta::of(&readings);
+            let got: HashMap<(Uuid, String, DateTime<Utc>), Agg> = delta
+                .entries
+                .iter()
+                .map(|((d, m, b), a)| ((*d, (*m).to_owned(), *b), *a))
+                .collect();
+            proptest::prop_assert_eq!(got.len(), delta.entries.len());
+            proptest::prop_assert_eq!(&got, &want);
         }
     }
 
