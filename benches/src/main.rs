@@ -116,6 +116,12 @@ struct Args {
     /// telemetry: readings/s all publishers together aim at (0: as fast as acks come back).
     #[arg(long, default_value_t = 0)]
     nats_rate: u64,
+    /// telemetry: readings the NATS consumer may have pending (published, not yet acknowledged
+    /// by the workers) before the publishers wait: the stream's backlog, read every 100 ms
+    /// (0: no limit; then a fast publisher builds a backlog that the end-to-end figure mostly
+    /// drains afterwards).
+    #[arg(long, default_value_t = 500_000)]
+    max_backlog: u64,
     /// telemetry: publish with `Nats-Msg-Id: <device>:<seq>` (server-side deduplication).
     #[arg(long)]
     nats_msg_id: bool,

@@ -35,7 +35,7 @@ use serde_json::{json, Value};
 use sqlx::{Connection, PgConnection};
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -424,6 +424,7 @@ async fn publisher(
     msg_id: bool,
     per_message: usize,
     zstd: Option<i32>,
+    backlog: Backlog,
 ) -> anyhow::Result<Published> {
     let mut compressor = zstd.map(zstd::bulk::Compressor::new).transpose()?;
     let client = ingest::nats::connect(&url).await?;
@@ -455,7 +456,7 @@ async fn publisher(
         if now >= stop_at {
             break;
         }
-        if rate > 0.0 && sent as f64 >= (now - start).as_secs_f64() * rate {
+        if (rate > 0.0 && sent as f64 >= (now - start).as_secs_f64() * rate) || backlog.full() {
             tokio::time::sleep(Duration::from_millis(1)).await;
             continue;
         }
@@ -635,12 +636,55 @@ struct NatsReport {
     committed: i64,
     committed_while_publishing: i64,
     backlog_at_stop: Option<u64>,
+    /// The largest backlog (messages) read while publishing.
+    most_backlog: u64,
     /// received_at - ts over every reading: p50, p90, p99, max (ms).
     written_lag_ms: (f64, f64, f64, f64),
     probes: ProbeOut,
     stats: Stats,
     nats_cpu: Option<f64>,
     rollups: RollupReport,
+}
+
+/// The consumer's backlog as last read (messages pending or unacknowledged), against the
+/// limit in messages (`u64::MAX`: none).
+#[derive(Clone)]
+struct Backlog {
+    messages: Arc<AtomicU64>,
+    limit: u64,
+}
+
+impl Backlog {
+    fn unlimited() -> Self {
+        Backlog {
+            messages: Arc::new(AtomicU64::new(0)),
+            limit: u64::MAX,
+        }
+    }
+
+    fn full(&self) -> bool {
+        self.messages.load(Ordering::Relaxed) >= self.limit
+    }
+}
+
+/// Reads the consumer's backlog into `backlog` every 100 ms until `stop_at`; returns the
+/// largest seen.
+async fn watch_backlog(
+    js: async_nats::jetstream::Context,
+    names: Names,
+    backlog: Backlog,
+    stop_at: Instant,
+) -> u64 {
+    let mut most = 0;
+    while Instant::now() < stop_at {
+        if let Ok(i) = consumer_info(&js, &names).await {
+            let n = i.num_pending + i.num_ack_pending as u64;
+            most = most.max(n);
+            backlog.messages.store(n, Ordering::Relaxed);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    most
 }
 
 async fn consumer_info(
@@ -718,6 +762,19 @@ async fn run_nats(
         stop_at,
         tx,
     ));
+    let backlog = Backlog {
+        limit: match a.max_backlog {
+            0 => u64::MAX,
+            n => n.div_ceil(per_message as u64),
+        },
+        ..Backlog::unlimited()
+    };
+    let watcher = tokio::spawn(watch_backlog(
+        js.clone(),
+        names.clone(),
+        backlog.clone(),
+        stop_at,
+    ));
     let mut set = JoinSet::new();
     for share in shares {
         set.spawn(publisher(
@@ -731,6 +788,7 @@ async fn run_nats(
             a.nats_msg_id,
             per_message,
             a.zstd,
+            backlog.clone(),
         ));
     }
     let mut messages = 0u64;
@@ -747,6 +805,7 @@ async fn run_nats(
         }
     }
     let probes_sent = prober.await??;
+    let most_backlog = watcher.await?;
     let published = messages * per_message as u64;
     let publish_took = start.elapsed();
     let wall_stop: DateTime<Utc> = Utc::now();
@@ -884,6 +943,7 @@ async fn run_nats(
         committed,
         committed_while_publishing,
         backlog_at_stop,
+        most_backlog,
         written_lag_ms: (at(0), at(1), at(2), lag.1.unwrap_or(f64::NAN)),
         probes,
         stats,
@@ -1071,6 +1131,7 @@ async fn run_nats_floor(
             a.readings_per_message as usize,
             // The floor's consumers parse plain JSON.
             None,
+            Backlog::unlimited(),
         ));
     }
     let mut published = 0u64;
@@ -1622,11 +1683,16 @@ async fn telemetry(ctx: &Ctx, admin_url: &str, names: &Names) -> anyhow::Result<
     );
     let drain = nats.end_to_end.saturating_sub(nats.publish_took);
     println!(
-        "  written while publishing: {} = {:.0}/s; backlog when publishing stopped: {} \
-         messages; then \
+        "  written while publishing: {} = {:.0}/s; backlog while publishing at most {} \
+         messages ({}), when publishing stopped: {} messages; then \
          {} more in {:.2} s = {:.0}/s (publishers idle)",
         nats.committed_while_publishing,
         rate(nats.committed_while_publishing, nats.publish_took),
+        nats.most_backlog,
+        match a.max_backlog {
+            0 => "no --max-backlog".to_owned(),
+            n => format!("publishers wait above --max-backlog {n} readings"),
+        },
         nats.backlog_at_stop
             .map_or("?".to_owned(), |b| b.to_string()),
         nats.committed - nats.committed_while_publishing,

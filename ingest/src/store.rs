@@ -85,9 +85,10 @@ ON CONFLICT (stream, stream_seq, reading_index) DO UPDATE
 /// batches repeating each other's readings at the same moment).
 const ATTEMPTS: usize = 4;
 
-/// The UTC day of a reading: its partition.
+/// The UTC day of a reading: its partition. (`naive_utc`, not `date_naive`, which adds the
+/// zero offset with checked arithmetic: the writer's sort asks for it per comparison.)
 fn day(ts: DateTime<Utc>) -> NaiveDate {
-    ts.date_naive()
+    ts.naive_utc().date()
 }
 
 /// Writes a batch of valid readings (any devices) and dead letters in one durable
@@ -495,7 +496,7 @@ mod tests {
             device_id: Uuid::from_u128(1),
             seq: 7,
             ts,
-            metrics: vec![("a".to_owned(), 1.5), ("b.c".to_owned(), -70.0)],
+            metrics: vec![("a".into(), 1.5), ("b.c".into(), -70.0)],
         };
         let data = encode_copy(&[r], &[0], ts);
         assert_eq!(&data[..11], b"PGCOPY\n\xff\r\n\0");
