@@ -5,8 +5,9 @@
 #   deploy/bench.sh rebuild [--events 1000000] [--accounts 2000] [--concurrency 32]
 #   deploy/bench.sh lag [--duration 30] [--concurrency 32] [--probe-interval-ms 20]
 #   deploy/bench.sh telemetry [--duration 30] [--devices 1000] [--publishers 4] [--in-flight 512]
-#                             [--nats-rate 0] [--readings-per-message 1] [--zstd LEVEL] [--http-clients 4]
-#                             [--copy-rows 10000] [...]
+#                             [--nats-rate 0] [--max-backlog 500000] [--readings-per-message 1]
+#                             [--zstd LEVEL] [--http-clients 4] [--copy-rows 10000] [...]
+#   deploy/bench.sh telemetry-cpu [--duration 30] [--readings-per-message 1] [--zstd LEVEL]
 #   deploy/bench.sh audit [--events 1000000] [--rss-events 100000] [--rounds 3] [--accounts 2000]
 #   deploy/bench.sh --help
 #
@@ -18,6 +19,8 @@
 # stream, subjects and consumer of its own (deleted at the end); simulated devices publish
 # readings over NATS, then post batches over HTTP; each path against a raw binary COPY of the
 # same rows.
+# telemetry-cpu: no server, no database: the NATS worker's own CPU per reading (decompress,
+# parse, check, COPY encoding, rollup delta) on one thread.
 # audit: loads the rebuild's mix (server with --roles api), then times `chronicle audit export`
 # (NDJSON and CSV, the release binary as a child process, its peak RSS read from /proc at
 # --rss-events and at --events), the NDJSON route GET /v1/audit/events and verify, each against
