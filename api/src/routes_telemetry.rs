@@ -164,12 +164,16 @@ async fn post_telemetry(
                 "send Content-Type: application/json",
             ));
         }
-        // Parsed directly; only a body that fails is parsed again through `parse_body`, for
+        // The common shape is read directly (`parse_batch_common`), anything else by
+        // serde_json; only a body that fails is parsed again through `parse_body`, for
         // the same 400 as every route (tracking the path of every key of a thousand readings
         // costs more than the readings' own parsing).
-        let body: TelemetryBody = match serde_json::from_slice(&bytes) {
-            Ok(body) => body,
-            Err(_) => parse_body(&bytes)?,
+        let body: TelemetryBody = match reading::parse_batch_common(&bytes) {
+            Some(readings) => TelemetryBody { readings },
+            None => match serde_json::from_slice(&bytes) {
+                Ok(body) => body,
+                Err(_) => parse_body(&bytes)?,
+            },
         };
         if body.readings.is_empty() {
             return Err(Problem::invalid("readings", "send at least one reading"));
