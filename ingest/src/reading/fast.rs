@@ -89,6 +89,18 @@ impl<'a> Parser<'a> {
         std::str::from_utf8(&self.b[start..start + len]).ok()
     }
 
+    /// After an element of an object or array: `Some(false)` past a comma (another comes),
+    /// `Some(true)` past `close` (the end), `None` for anything else.
+    fn after_element(&mut self, close: u8) -> Option<bool> {
+        let c = self.peek()?;
+        self.i += 1;
+        match c {
+            b',' => Some(false),
+            c if c == close => Some(true),
+            _ => None,
+        }
+    }
+
     /// An object key and its colon.
     fn key(&mut self) -> Option<&'a str> {
         let k = self.string()?;
@@ -169,13 +181,8 @@ impl<'a> Parser<'a> {
         loop {
             let name = self.key()?;
             entries.push((CompactString::from(name), self.value()?));
-            match self.peek()? {
-                b',' => self.i += 1,
-                b'}' => {
-                    self.i += 1;
-                    return Some(entries);
-                }
-                _ => return None,
+            if self.after_element(b'}')? {
+                return Some(entries);
             }
         }
     }
@@ -197,13 +204,8 @@ impl<'a> Parser<'a> {
                 "metrics" if w.metrics.is_none() => w.metrics = Some(self.metrics()?),
                 _ => return None,
             }
-            match self.peek()? {
-                b',' => self.i += 1,
-                b'}' => {
-                    self.i += 1;
-                    return Some(w);
-                }
-                _ => return None,
+            if self.after_element(b'}')? {
+                return Some(w);
             }
         }
     }
@@ -217,13 +219,8 @@ impl<'a> Parser<'a> {
             if readings.len() > MAX_READINGS {
                 return None;
             }
-            match self.peek()? {
-                b',' => self.i += 1,
-                b']' => {
-                    self.i += 1;
-                    return Some(readings);
-                }
-                _ => return None,
+            if self.after_element(b']')? {
+                return Some(readings);
             }
         }
     }
