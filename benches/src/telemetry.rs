@@ -132,7 +132,7 @@ impl Drop for StreamGuard {
 /// `seq` modulo 1,000 only, so their JSON is formatted once per value of that and reused:
 /// the publishers, which share the machine with what they measure, spend their time sending
 /// rather than formatting floats.
-pub(crate) fn reading_json(out: &mut String, seq: i64, ts: &str) {
+fn reading_json(out: &mut String, seq: i64, ts: &str) {
     static METRICS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
     let metrics = METRICS.get_or_init(|| {
         (0..1000i64)
@@ -153,6 +153,29 @@ pub(crate) fn reading_json(out: &mut String, seq: i64, ts: &str) {
         "{{\"seq\":{seq},\"ts\":\"{ts}\",\"metrics\":{}}}",
         metrics[k]
     );
+}
+
+/// A batch `{"readings": [...]}` of `n` readings from `seq` on, all at `ts` (an HTTP body,
+/// or a gateway's NATS message).
+fn batch_json(out: &mut String, seq: i64, n: usize, ts: &str) {
+    out.push_str("{\"readings\":[");
+    for i in 0..n as i64 {
+        if i > 0 {
+            out.push(',');
+        }
+        reading_json(out, seq + i, ts);
+    }
+    out.push_str("]}");
+}
+
+/// A NATS message of `per_message` readings from `seq` on: the reading itself for one, a
+/// batch for more.
+pub(crate) fn message_json(out: &mut String, seq: i64, per_message: usize, ts: &str) {
+    if per_message == 1 {
+        reading_json(out, seq, ts);
+    } else {
+        batch_json(out, seq, per_message, ts);
+    }
 }
 
 fn now_rfc3339() -> String {
@@ -473,19 +496,7 @@ async fn publisher(
         let seq = seqs[d];
         seqs[d] += per_message as i64;
         payload.clear();
-        let ts = now_rfc3339();
-        if per_message == 1 {
-            reading_json(&mut payload, seq, &ts);
-        } else {
-            payload.push_str("{\"readings\":[");
-            for (i, s) in (seq..seq + per_message as i64).enumerate() {
-                if i > 0 {
-                    payload.push(',');
-                }
-                reading_json(&mut payload, s, &ts);
-            }
-            payload.push_str("]}");
-        }
+        message_json(&mut payload, seq, per_message, &now_rfc3339());
         let body: Vec<u8> = match compressor.as_mut() {
             Some(c) => c.compress(payload.as_bytes())?,
             None => payload.as_bytes().to_vec(),
@@ -1256,15 +1267,7 @@ async fn run_http(
                 let d = k % mine.len();
                 k += 1;
                 body.clear();
-                body.push_str("{\"readings\":[");
-                let ts = now_rfc3339();
-                for j in 0..HTTP_BATCH as i64 {
-                    if j > 0 {
-                        body.push(',');
-                    }
-                    reading_json(&mut body, next[d] + j, &ts);
-                }
-                body.push_str("]}");
+                batch_json(&mut body, next[d], HTTP_BATCH, &now_rfc3339());
                 next[d] += HTTP_BATCH as i64;
                 let t0 = Instant::now();
                 let r = api

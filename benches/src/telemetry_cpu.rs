@@ -7,7 +7,7 @@
 //! for each step: the figure to compare before and after a change to the ingest's parsing or
 //! encoding, on a machine that is otherwise quiet.
 
-use crate::telemetry::reading_json;
+use crate::telemetry::message_json;
 use chrono::{SecondsFormat, Utc};
 use ingest::reading::{self, Reading, WireMessage};
 use ingest::rollup::Delta;
@@ -30,18 +30,7 @@ pub(crate) fn run(duration: u64, per_message: usize, zstd: Option<i32>) -> anyho
     for m in 0..MESSAGES {
         let seq = (m * per_message) as i64;
         let mut payload = String::new();
-        if per_message == 1 {
-            reading_json(&mut payload, seq, &ts);
-        } else {
-            payload.push_str("{\"readings\":[");
-            for i in 0..per_message {
-                if i > 0 {
-                    payload.push(',');
-                }
-                reading_json(&mut payload, seq + i as i64, &ts);
-            }
-            payload.push_str("]}");
-        }
+        message_json(&mut payload, seq, per_message, &ts);
         json_bytes += payload.len();
         messages.push(match compressor.as_mut() {
             Some(c) => c.compress(payload.as_bytes())?,

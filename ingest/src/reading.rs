@@ -248,7 +248,6 @@ pub fn check(wire: WireReading, device: Uuid, now: DateTime<Utc>) -> Result<Read
             ));
         }
     }
-    let metrics = raw_metrics;
     if ts > now + MAX_FUTURE {
         return Err(Rejection::new(
             Code::TsInFuture,
@@ -260,7 +259,7 @@ pub fn check(wire: WireReading, device: Uuid, now: DateTime<Utc>) -> Result<Read
         device_id: device,
         seq,
         ts,
-        metrics,
+        metrics: raw_metrics,
     })
 }
 

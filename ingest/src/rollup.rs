@@ -131,11 +131,11 @@ impl<'a> Delta<'a> {
                 let one = Agg::one(*value, r.ts, r.seq);
                 // A device's readings mostly carry the same names, sorted: the j-th metric
                 // is usually the group's j-th entry.
-                let at = match group.get(j) {
+                let found = match group.get(j) {
                     Some((m, _)) if *m == name.as_str() => Some(j),
                     _ => group.iter().position(|(m, _)| *m == name.as_str()),
                 };
-                match at {
+                match found {
                     Some(k) => group[k].1.merge(&one),
                     None => group.push((name.as_str(), one)),
                 }
