@@ -380,6 +380,10 @@ async fn main() -> anyhow::Result<()> {
                 let state = AppState {
                     service,
                     auth: Arc::new(auth),
+                    telemetry: ingest::group::GroupWriter::new(
+                        pool.clone(),
+                        ingest.telemetry_http_writers as usize,
+                    ),
                     pool,
                 };
                 let listener = tokio::net::TcpListener::bind(listen)

@@ -44,6 +44,8 @@ pub struct AppState {
     pub auth: Arc<AuthConfig>,
     /// The database (readiness).
     pub pool: PgPool,
+    /// Group commit of `POST /v1/telemetry`.
+    pub telemetry: ingest::group::GroupWriter,
 }
 
 /// The whole HTTP router.

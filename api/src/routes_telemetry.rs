@@ -205,8 +205,12 @@ async fn post_telemetry(
                 }),
             }
         }
-        let written = ingest::store::write(&s.pool, &readings, &[], |_| None)
-            .await
+        let seqs: Vec<i64> = readings.iter().map(|r| r.seq).collect();
+        let written = if readings.is_empty() {
+            Ok(Default::default())
+        } else {
+            s.telemetry.write(readings).await
+        }
             .map_err(|e| {
                 tracing::error!(error = %e, device_id = %device.device_id, "telemetry not stored");
                 Problem::new(
@@ -218,7 +222,7 @@ async fn post_telemetry(
         for i in &written.too_old {
             rejected.push(RejectedReading {
                 index: positions[*i],
-                seq: Some(readings[*i].seq),
+                seq: Some(seqs[*i]),
                 code: reading::Code::TsTooOld.as_str().to_owned(),
             });
         }

@@ -4,6 +4,7 @@
 //! - [`store`]: the batch writer (one transaction: the raw rows by binary COPY, deduplicated
 //!   by the day partitions' `(device_id, seq)` key, the batch's rollup delta, dead letters),
 //!   device status for the NATS path, partitions and retention.
+//! - [`group`]: group commit of concurrent `POST /v1/telemetry` requests.
 //! - [`rollup`]: rollup deltas and the worker that applies them to the per-minute rollups and
 //!   the latest values, exactly once, behind the writers.
 //! - [`query`]: per-minute and per-hour statistics, latest values.
@@ -13,6 +14,7 @@
 //!
 //! The design is described in `docs/telemetry.md`.
 
+pub mod group;
 pub mod nats;
 pub mod query;
 pub mod reading;
@@ -73,6 +75,16 @@ pub struct IngestArgs {
         value_parser = clap::value_parser!(u64).range(1..=10_000)
     )]
     pub telemetry_batch_wait_ms: u64,
+    /// Writer tasks of `POST /v1/telemetry` (api role): each writes every request waiting when
+    /// it becomes free in one transaction (group commit), so this many transactions at most
+    /// are writing HTTP readings at a time.
+    #[arg(
+        long,
+        env = "CHRONICLE_TELEMETRY_HTTP_WRITERS",
+        default_value_t = 4,
+        value_parser = clap::value_parser!(u64).range(1..=64)
+    )]
+    pub telemetry_http_writers: u64,
 }
 
 impl IngestArgs {

@@ -50,6 +50,9 @@ pub struct Written {
     pub duplicates: u64,
     /// Indices (into the batch) of readings older than the retention horizon, not stored.
     pub too_old: Vec<usize>,
+    /// Indices (into the batch) of the readings stored now (`accepted` of them), in no
+    /// particular order: what a group of requests written together splits its outcome by.
+    pub stored: Vec<usize>,
 }
 
 /// The raw rows, in PostgreSQL's binary COPY format (encoded by [`encode_copy`]).
@@ -201,6 +204,7 @@ async fn try_write(
         written.duplicates = (kept.len() - too_old.len() - stored.len()) as u64;
         written.too_old = too_old;
         written.too_old.sort_unstable();
+        written.stored = stored;
     }
     let mut letters: Vec<DeadLetter> = dead_letters.to_vec();
     letters.extend(written.too_old.iter().filter_map(|i| too_old_letter(*i)));

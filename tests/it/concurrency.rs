@@ -113,6 +113,7 @@ fn second_instance(app: &TestApp) -> Router {
         service: Arc::new(service),
         auth: Arc::new(AuthConfig::hs256(SECRET, None, None)),
         pool: app.db.pool.clone(),
+        telemetry: ingest::group::GroupWriter::new(app.db.pool.clone(), 2),
     };
     api::router(state)
 }

@@ -66,6 +66,7 @@ fn restarted(app: &TestApp) -> axum::Router {
         service: Arc::new(service),
         auth: Arc::new(AuthConfig::hs256(SECRET, None, None)),
         pool: app.db.pool.clone(),
+        telemetry: ingest::group::GroupWriter::new(app.db.pool.clone(), 2),
     })
 }
 

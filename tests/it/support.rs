@@ -183,6 +183,7 @@ impl TestApp {
             service: Arc::new(service),
             auth: Arc::new(auth.clone()),
             pool: db.pool.clone(),
+            telemetry: ingest::group::GroupWriter::new(db.pool.clone(), 2),
         };
         let router = api::router(state.clone());
         Self {

@@ -825,6 +825,105 @@ async fn concurrent_requests_repeating_each_other_store_each_reading_once_and_co
     rollups_match_raw(s.pool()).await;
 }
 
+/// Group commit: requests that wait while the writer is busy are written together, in one
+/// transaction, each answered with its own share; a reading repeated by two requests of a
+/// group is stored once and counted for the earlier one; a request whose caller has gone
+/// before its group is taken is not written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn requests_waiting_for_a_busy_writer_are_written_together_each_with_its_own_outcome() {
+    use ingest::group::GroupWriter;
+    use ingest::reading::Reading;
+    let app = TestApp::new().await;
+    let pool = &app.db.pool;
+    let writer = &GroupWriter::new(pool.clone(), 1);
+    let device = Uuid::now_v7();
+    let now = Utc::now();
+    let batch = |seqs: std::ops::Range<i64>| -> Vec<Reading> {
+        seqs.map(|seq| Reading {
+            device_id: device,
+            seq,
+            ts: now - Span::seconds(seq),
+            metrics: vec![("temp".into(), seq as f64)],
+        })
+        .collect()
+    };
+    let send = |seqs: std::ops::Range<i64>| {
+        let (w, b) = (writer.clone(), batch(seqs));
+        tokio::spawn(async move { w.write(b).await })
+    };
+    // The first request's transaction waits at its rollup delta while the lock is held.
+    let mut blocker = pool.begin().await.expect("a transaction");
+    sqlx::query("LOCK TABLE telemetry_rollup_queue IN EXCLUSIVE MODE")
+        .execute(&mut *blocker)
+        .await
+        .expect("lock");
+    let first = send(0..10);
+    eventually("the first request to wait for the lock", || async move {
+        count(
+            pool,
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .await
+            == 1
+    })
+    .await;
+    let mut later = Vec::new();
+    for seqs in [5..15, 10..20, 5..15, 30..31] {
+        later.push(send(seqs));
+        let n = later.len();
+        eventually("the request to be queued", || async move {
+            writer.queued() == n
+        })
+        .await;
+    }
+    let gone = send(40..45);
+    eventually("the request to be queued", || async move {
+        writer.queued() == 5
+    })
+    .await;
+    gone.abort();
+    assert!(gone.await.is_err(), "aborted");
+    blocker.commit().await.expect("released");
+    let outcome = |w: ingest::store::Written| (w.accepted, w.duplicates, w.stored);
+    let first = first.await.expect("joined").expect("written");
+    assert_eq!(outcome(first), (10, 0, (0..10).collect()));
+    let mut outcomes = Vec::new();
+    for h in later {
+        outcomes.push(outcome(h.await.expect("joined").expect("written")));
+    }
+    assert_eq!(
+        outcomes,
+        vec![
+            (5, 5, (5..10).collect()),
+            (5, 5, (5..10).collect()),
+            (0, 10, vec![]),
+            (1, 0, vec![0]),
+        ]
+    );
+    assert_eq!(count(pool, "SELECT count(*) FROM telemetry").await, 21);
+    assert_eq!(
+        count(pool, "SELECT count(*) FROM telemetry WHERE seq >= 40").await,
+        0,
+        "the request whose caller went away"
+    );
+    // One transaction for the waiting requests: one receipt time, not the first request's.
+    assert_eq!(
+        count(
+            pool,
+            "SELECT count(DISTINCT received_at) FROM telemetry WHERE seq >= 10"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        count(pool, "SELECT count(DISTINCT received_at) FROM telemetry").await,
+        2
+    );
+    ingest::rollup::catch_up(pool).await.expect("rollups");
+    rollups_match_raw(pool).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn clients_that_go_away_mid_request_do_not_disturb_the_others() {
     let s = site().await;
