@@ -5,7 +5,7 @@
 //! above that of a 10,000-row COPY (each statement sets up its multi-insert buffers, and each
 //! transaction flushes the WAL). A [`GroupWriter`] hands every request's readings to a few
 //! writer tasks; a writer that becomes free takes every request waiting at that moment (no
-//! added wait, up to [`GroupWriter::DEFAULT_MAX_READINGS`] readings) into one [`store::write`] and
+//! added wait, up to [`GroupWriter::MAX_READINGS`] readings) into one [`store::write`] and
 //! answers each request with its own share of the outcome. A request arriving at an idle
 //! writer is written at once, alone, as before.
 //!
@@ -40,22 +40,17 @@ pub struct GroupWriter {
 impl GroupWriter {
     /// The most readings one group writes (one COPY of at most this many rows, about 160
     /// bytes each). A single request larger than this is still written, alone.
-    pub const DEFAULT_MAX_READINGS: usize = 20_000;
+    pub const MAX_READINGS: usize = 20_000;
 
     /// `writers` writer tasks (at least one) on `pool`, spawned on the current runtime.
     pub fn new(pool: PgPool, writers: usize) -> Self {
-        Self::with_max_readings(pool, writers, Self::DEFAULT_MAX_READINGS)
-    }
-
-    /// As [`GroupWriter::new`], with groups of at most `max_readings` readings.
-    pub fn with_max_readings(pool: PgPool, writers: usize, max_readings: usize) -> Self {
         let writers = writers.max(1);
-        // Requests beyond this wait in `write` for room: the queue holds what the writers
-        // can take in about two rounds.
+        // Requests beyond this many wait in `write` for room: backpressure on the handlers
+        // (each holds its parsed readings meanwhile).
         let (jobs, queue) = mpsc::channel(writers * 64);
         let queue = Arc::new(Mutex::new(queue));
         for _ in 0..writers {
-            tokio::spawn(writer(pool.clone(), queue.clone(), max_readings.max(1)));
+            tokio::spawn(writer(pool.clone(), queue.clone()));
         }
         Self { jobs }
     }
@@ -80,7 +75,7 @@ impl GroupWriter {
 }
 
 /// A writer task: takes a group, writes it, answers its requests, until the handles are gone.
-async fn writer(pool: PgPool, queue: Arc<Mutex<mpsc::Receiver<Job>>>, max_readings: usize) {
+async fn writer(pool: PgPool, queue: Arc<Mutex<mpsc::Receiver<Job>>>) {
     loop {
         let mut jobs = Vec::new();
         {
@@ -90,7 +85,7 @@ async fn writer(pool: PgPool, queue: Arc<Mutex<mpsc::Receiver<Job>>>, max_readin
             };
             let mut n = first.readings.len();
             jobs.push(first);
-            while n < max_readings {
+            while n < GroupWriter::MAX_READINGS {
                 match queue.try_recv() {
                     Ok(job) => {
                         n += job.readings.len();
