@@ -5,11 +5,14 @@ use crate::AppState;
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::sync::OnceLock;
 use std::time::Instant;
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Histogram buckets of the metrics that count requests per commit.
+const COUNT_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
 
 /// Installs the process-wide recorder once and returns its handle.
 pub fn handle() -> Option<&'static PrometheusHandle> {
@@ -19,6 +22,18 @@ pub fn handle() -> Option<&'static PrometheusHandle> {
                 .set_buckets(&[
                     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                 ])
+                .ok()?
+                // Requests per shared commit (commands) and per telemetry group: counts, not
+                // seconds.
+                .set_buckets_for_metric(
+                    Matcher::Full("chronicle_append_batch_requests".into()),
+                    COUNT_BUCKETS,
+                )
+                .ok()?
+                .set_buckets_for_metric(
+                    Matcher::Full("chronicle_telemetry_http_group_requests".into()),
+                    COUNT_BUCKETS,
+                )
                 .ok()?
                 .build_recorder();
             let handle = recorder.handle();

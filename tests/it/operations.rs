@@ -106,8 +106,8 @@ async fn metrics_count_requests_by_route_and_status() {
         "no request counter for GET /v1/wallets/{{id}} in:\n{text}"
     );
     assert!(
-        text.contains("chronicle_append_batch_requests"),
-        "no batch-size histogram in:\n{text}"
+        text.contains("chronicle_append_batch_requests_bucket{le=\"1\"}"),
+        "no batch-size histogram with count buckets in:\n{text}"
     );
     assert!(
         text.contains("chronicle_log_horizon_age_seconds"),
