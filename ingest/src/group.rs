@@ -12,8 +12,10 @@
 //! The outcome per request is what writing the requests one after another, in the order they
 //! were taken, would give: a reading repeated by two requests of a group is stored once and
 //! counts as accepted for the earlier request and as a duplicate for the later one. A write
-//! that fails fails every request of its group (each gets the error and sends again; repeats
-//! are dropped). A request whose caller has gone before its group is taken is not written.
+//! the database refuses is tried again request by request, so that a request it cannot take
+//! fails alone; a write that fails otherwise (the database unreachable) fails every request of
+//! its group (each gets the error and sends again; repeats are dropped). A request whose
+//! caller has gone before its group is taken is not written.
 
 use crate::reading::Reading;
 use crate::store::{self, Written};
@@ -107,12 +109,6 @@ async fn writer(pool: PgPool, queue: Arc<Mutex<mpsc::Receiver<Job>>>) {
 
 /// Writes the jobs' readings in one transaction and answers each job with its share.
 async fn write_group(pool: &PgPool, mut jobs: Vec<Job>) {
-    if jobs.len() == 1 {
-        let job = jobs.pop().expect("one job");
-        let outcome = store::write(pool, &job.readings, &[], |_| None).await;
-        let _ = job.done.send(outcome.map_err(Arc::new));
-        return;
-    }
     let mut all = Vec::with_capacity(jobs.iter().map(|j| j.readings.len()).sum());
     let mut ends = Vec::with_capacity(jobs.len());
     for job in &mut jobs {
@@ -123,6 +119,18 @@ async fn write_group(pool: &PgPool, mut jobs: Vec<Job>) {
         Ok(written) => {
             for (share, job) in split(&written, &ends).into_iter().zip(jobs) {
                 let _ = job.done.send(Ok(share));
+            }
+        }
+        // The database refused the group: each request again alone, in order, so that a
+        // request it cannot take fails alone. Not when it could not be reached: each request
+        // would wait for it again.
+        Err(sqlx::Error::Database(e)) if jobs.len() > 1 => {
+            tracing::warn!(error = %e, requests = jobs.len(), "a telemetry group refused; writing its requests one by one");
+            let mut start = 0;
+            for (job, &end) in jobs.into_iter().zip(&ends) {
+                let outcome = store::write(pool, &all[start..end], &[], |_| None).await;
+                let _ = job.done.send(outcome.map_err(Arc::new));
+                start = end;
             }
         }
         Err(e) => {

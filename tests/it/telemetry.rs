@@ -825,72 +825,117 @@ async fn concurrent_requests_repeating_each_other_store_each_reading_once_and_co
     rollups_match_raw(s.pool()).await;
 }
 
+/// A group writer with one writer task whose first request (readings 0..10 of `device`) is
+/// held at its rollup delta by a lock on the queue, so that what is sent next waits and is
+/// taken as one group once `blocker` commits.
+struct HeldWriter {
+    writer: ingest::group::GroupWriter,
+    device: Uuid,
+    now: DateTime<Utc>,
+    blocker: sqlx::Transaction<'static, sqlx::Postgres>,
+    first:
+        Option<tokio::task::JoinHandle<Result<ingest::store::Written, ingest::group::GroupError>>>,
+}
+
+impl HeldWriter {
+    async fn new(pool: &PgPool) -> Self {
+        let mut held = Self {
+            writer: ingest::group::GroupWriter::new(pool.clone(), 1),
+            device: Uuid::now_v7(),
+            now: Utc::now(),
+            blocker: pool.begin().await.expect("a transaction"),
+            first: None,
+        };
+        sqlx::query("LOCK TABLE telemetry_rollup_queue IN EXCLUSIVE MODE")
+            .execute(&mut *held.blocker)
+            .await
+            .expect("lock");
+        held.first = Some(held.send(held.batch(0..10)));
+        eventually("the first request to wait for the lock", || async move {
+            count(
+                pool,
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            .await
+                == 1
+        })
+        .await;
+        held
+    }
+
+    fn batch(&self, seqs: std::ops::Range<i64>) -> Vec<ingest::reading::Reading> {
+        seqs.map(|seq| ingest::reading::Reading {
+            device_id: self.device,
+            seq,
+            ts: self.now - Span::seconds(seq),
+            metrics: vec![("temp".into(), seq as f64)],
+        })
+        .collect()
+    }
+
+    fn send(
+        &self,
+        readings: Vec<ingest::reading::Reading>,
+    ) -> tokio::task::JoinHandle<Result<ingest::store::Written, ingest::group::GroupError>> {
+        let w = self.writer.clone();
+        tokio::spawn(async move { w.write(readings).await })
+    }
+
+    /// Sends `readings` and waits until the request is queued behind the held one.
+    async fn queue(
+        &self,
+        readings: Vec<ingest::reading::Reading>,
+    ) -> tokio::task::JoinHandle<Result<ingest::store::Written, ingest::group::GroupError>> {
+        let queued = self.writer.queued();
+        let handle = self.send(readings);
+        let writer = &self.writer;
+        eventually("the request to be queued", || async move {
+            writer.queued() == queued + 1
+        })
+        .await;
+        handle
+    }
+
+    /// Lets the held request finish; it stored its ten readings.
+    async fn release(self) {
+        self.blocker.commit().await.expect("released");
+        let first = self.first.expect("sent");
+        let first = first.await.expect("joined").expect("written");
+        assert_eq!(
+            (first.accepted, first.duplicates, first.stored),
+            (10, 0, (0..10).collect())
+        );
+    }
+}
+
+fn outcome(
+    h: Result<Result<ingest::store::Written, ingest::group::GroupError>, tokio::task::JoinError>,
+) -> (u64, u64, Vec<usize>) {
+    let w = h.expect("joined").expect("written");
+    (w.accepted, w.duplicates, w.stored)
+}
+
 /// Group commit: requests that wait while the writer is busy are written together, in one
 /// transaction, each answered with its own share; a reading repeated by two requests of a
 /// group is stored once and counted for the earlier one; a request whose caller has gone
 /// before its group is taken is not written.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn requests_waiting_for_a_busy_writer_are_written_together_each_with_its_own_outcome() {
-    use ingest::group::GroupWriter;
-    use ingest::reading::Reading;
     let app = TestApp::new().await;
     let pool = &app.db.pool;
-    let writer = &GroupWriter::new(pool.clone(), 1);
-    let device = Uuid::now_v7();
-    let now = Utc::now();
-    let batch = |seqs: std::ops::Range<i64>| -> Vec<Reading> {
-        seqs.map(|seq| Reading {
-            device_id: device,
-            seq,
-            ts: now - Span::seconds(seq),
-            metrics: vec![("temp".into(), seq as f64)],
-        })
-        .collect()
-    };
-    let send = |seqs: std::ops::Range<i64>| {
-        let (w, b) = (writer.clone(), batch(seqs));
-        tokio::spawn(async move { w.write(b).await })
-    };
-    // The first request's transaction waits at its rollup delta while the lock is held.
-    let mut blocker = pool.begin().await.expect("a transaction");
-    sqlx::query("LOCK TABLE telemetry_rollup_queue IN EXCLUSIVE MODE")
-        .execute(&mut *blocker)
-        .await
-        .expect("lock");
-    let first = send(0..10);
-    eventually("the first request to wait for the lock", || async move {
-        count(
-            pool,
-            "SELECT count(*) FROM pg_stat_activity
-             WHERE datname = current_database() AND wait_event_type = 'Lock'",
-        )
-        .await
-            == 1
-    })
-    .await;
+    let held = HeldWriter::new(pool).await;
     let mut later = Vec::new();
     for seqs in [5..15, 10..20, 5..15, 30..31] {
-        later.push(send(seqs));
-        let n = later.len();
-        eventually("the request to be queued", || async move {
-            writer.queued() == n
-        })
-        .await;
+        later.push(held.queue(held.batch(seqs)).await);
     }
-    let gone = send(40..45);
-    eventually("the request to be queued", || async move {
-        writer.queued() == 5
-    })
-    .await;
+    let gone = held.queue(held.batch(40..45)).await;
     gone.abort();
     assert!(gone.await.is_err(), "aborted");
-    blocker.commit().await.expect("released");
-    let outcome = |w: ingest::store::Written| (w.accepted, w.duplicates, w.stored);
-    let first = first.await.expect("joined").expect("written");
-    assert_eq!(outcome(first), (10, 0, (0..10).collect()));
+    held.release().await;
     let mut outcomes = Vec::new();
     for h in later {
-        outcomes.push(outcome(h.await.expect("joined").expect("written")));
+        outcomes.push(outcome(h.await));
     }
     assert_eq!(
         outcomes,
@@ -919,6 +964,39 @@ async fn requests_waiting_for_a_busy_writer_are_written_together_each_with_its_o
     assert_eq!(
         count(pool, "SELECT count(DISTINCT received_at) FROM telemetry").await,
         2
+    );
+    ingest::rollup::catch_up(pool).await.expect("rollups");
+    rollups_match_raw(pool).await;
+}
+
+/// A request the database refuses, in a group, fails alone: the group is written again
+/// request by request, and the others are stored and answered as if written alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_request_the_database_refuses_fails_alone_and_the_rest_of_its_group_is_stored() {
+    let app = TestApp::new().await;
+    let pool = &app.db.pool;
+    let held = HeldWriter::new(pool).await;
+    let before = held.queue(held.batch(100..110)).await;
+    // A metric name no request could carry (the route checks names): its jsonb text is not
+    // JSON, and the COPY fails on it.
+    let mut poison = held.batch(200..203);
+    poison[1].metrics = vec![("bad\"name".into(), 1.0)];
+    let refused = held.queue(poison).await;
+    let after = held.queue(held.batch(105..115)).await;
+    held.release().await;
+    assert_eq!(outcome(before.await), (10, 0, (0..10).collect()));
+    match refused.await.expect("joined") {
+        Err(e) => assert!(
+            matches!(*e, sqlx::Error::Database(_)),
+            "a database error: {e}"
+        ),
+        Ok(w) => panic!("the refused request was written: {w:?}"),
+    }
+    assert_eq!(outcome(after.await), (5, 5, (5..10).collect()));
+    assert_eq!(count(pool, "SELECT count(*) FROM telemetry").await, 25);
+    assert_eq!(
+        count(pool, "SELECT count(*) FROM telemetry WHERE seq >= 200").await,
+        0
     );
     ingest::rollup::catch_up(pool).await.expect("rollups");
     rollups_match_raw(pool).await;
