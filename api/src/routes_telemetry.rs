@@ -190,12 +190,13 @@ async fn post_telemetry(
         }
         let now = Utc::now();
         let mut readings: Vec<Reading> = Vec::with_capacity(body.readings.len());
-        let mut positions: Vec<usize> = Vec::with_capacity(body.readings.len());
+        // Each checked reading's position in the body and its seq (for a `ts_too_old` entry).
+        let mut positions: Vec<(usize, i64)> = Vec::with_capacity(body.readings.len());
         let mut rejected = Vec::new();
         for (index, wire) in body.readings.into_iter().enumerate() {
             match reading::check(wire, device.device_id, now) {
                 Ok(r) => {
-                    positions.push(index);
+                    positions.push((index, r.seq));
                     readings.push(r);
                 }
                 Err(r) => rejected.push(RejectedReading {
@@ -205,13 +206,7 @@ async fn post_telemetry(
                 }),
             }
         }
-        let seqs: Vec<i64> = readings.iter().map(|r| r.seq).collect();
-        let written = if readings.is_empty() {
-            Ok(Default::default())
-        } else {
-            s.telemetry.write(readings).await
-        }
-            .map_err(|e| {
+        let written = s.telemetry.write(readings).await.map_err(|e| {
                 tracing::error!(error = %e, device_id = %device.device_id, "telemetry not stored");
                 Problem::new(
                     503,
@@ -221,8 +216,8 @@ async fn post_telemetry(
             })?;
         for i in &written.too_old {
             rejected.push(RejectedReading {
-                index: positions[*i],
-                seq: Some(seqs[*i]),
+                index: positions[*i].0,
+                seq: Some(positions[*i].1),
                 code: reading::Code::TsTooOld.as_str().to_owned(),
             });
         }

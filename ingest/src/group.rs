@@ -64,8 +64,12 @@ impl GroupWriter {
 
     /// Writes `readings` (valid ones, any devices) in the next group; its outcome is as
     /// [`store::write`]'s for these readings alone (indices into `readings`), except that a
-    /// reading repeated by an earlier request of the same group is a duplicate.
+    /// reading repeated by an earlier request of the same group is a duplicate. No readings:
+    /// nothing to write, no group.
     pub async fn write(&self, readings: Vec<Reading>) -> Result<Written, GroupError> {
+        if readings.is_empty() {
+            return Ok(Written::default());
+        }
         let (done, outcome) = oneshot::channel();
         let closed = || Arc::new(sqlx::Error::PoolClosed);
         self.jobs
@@ -109,9 +113,12 @@ async fn writer(pool: PgPool, queue: Arc<Mutex<mpsc::Receiver<Job>>>) {
 
 /// Writes the jobs' readings in one transaction and answers each job with its share.
 async fn write_group(pool: &PgPool, mut jobs: Vec<Job>) {
-    let mut all = Vec::with_capacity(jobs.iter().map(|j| j.readings.len()).sum());
-    let mut ends = Vec::with_capacity(jobs.len());
-    for job in &mut jobs {
+    // The first request's readings, then the others' appended (a lone request's are not
+    // copied).
+    let mut all = std::mem::take(&mut jobs[0].readings);
+    all.reserve(jobs[1..].iter().map(|j| j.readings.len()).sum());
+    let mut ends = vec![all.len()];
+    for job in &mut jobs[1..] {
         all.append(&mut job.readings);
         ends.push(all.len());
     }

@@ -825,6 +825,29 @@ async fn concurrent_requests_repeating_each_other_store_each_reading_once_and_co
     rollups_match_raw(s.pool()).await;
 }
 
+/// A request handed to a group writer, written or not.
+type Pending = tokio::task::JoinHandle<Result<ingest::store::Written, ingest::group::GroupError>>;
+
+/// Readings `seqs` of `device`, a second apart before `now`, one metric each.
+fn readings_of(
+    device: Uuid,
+    now: DateTime<Utc>,
+    seqs: std::ops::Range<i64>,
+) -> Vec<ingest::reading::Reading> {
+    seqs.map(|seq| ingest::reading::Reading {
+        device_id: device,
+        seq,
+        ts: now - Span::seconds(seq),
+        metrics: vec![("temp".into(), seq as f64)],
+    })
+    .collect()
+}
+
+fn send(writer: &ingest::group::GroupWriter, readings: Vec<ingest::reading::Reading>) -> Pending {
+    let w = writer.clone();
+    tokio::spawn(async move { w.write(readings).await })
+}
+
 /// A group writer with one writer task whose first request (readings 0..10 of `device`) is
 /// held at its rollup delta by a lock on the queue, so that what is sent next waits and is
 /// taken as one group once `blocker` commits.
@@ -833,24 +856,19 @@ struct HeldWriter {
     device: Uuid,
     now: DateTime<Utc>,
     blocker: sqlx::Transaction<'static, sqlx::Postgres>,
-    first:
-        Option<tokio::task::JoinHandle<Result<ingest::store::Written, ingest::group::GroupError>>>,
+    first: Pending,
 }
 
 impl HeldWriter {
     async fn new(pool: &PgPool) -> Self {
-        let mut held = Self {
-            writer: ingest::group::GroupWriter::new(pool.clone(), 1),
-            device: Uuid::now_v7(),
-            now: Utc::now(),
-            blocker: pool.begin().await.expect("a transaction"),
-            first: None,
-        };
+        let writer = ingest::group::GroupWriter::new(pool.clone(), 1);
+        let (device, now) = (Uuid::now_v7(), Utc::now());
+        let mut blocker = pool.begin().await.expect("a transaction");
         sqlx::query("LOCK TABLE telemetry_rollup_queue IN EXCLUSIVE MODE")
-            .execute(&mut *held.blocker)
+            .execute(&mut *blocker)
             .await
             .expect("lock");
-        held.first = Some(held.send(held.batch(0..10)));
+        let first = send(&writer, readings_of(device, now, 0..10));
         eventually("the first request to wait for the lock", || async move {
             count(
                 pool,
@@ -861,34 +879,23 @@ impl HeldWriter {
                 == 1
         })
         .await;
-        held
+        Self {
+            writer,
+            device,
+            now,
+            blocker,
+            first,
+        }
     }
 
     fn batch(&self, seqs: std::ops::Range<i64>) -> Vec<ingest::reading::Reading> {
-        seqs.map(|seq| ingest::reading::Reading {
-            device_id: self.device,
-            seq,
-            ts: self.now - Span::seconds(seq),
-            metrics: vec![("temp".into(), seq as f64)],
-        })
-        .collect()
-    }
-
-    fn send(
-        &self,
-        readings: Vec<ingest::reading::Reading>,
-    ) -> tokio::task::JoinHandle<Result<ingest::store::Written, ingest::group::GroupError>> {
-        let w = self.writer.clone();
-        tokio::spawn(async move { w.write(readings).await })
+        readings_of(self.device, self.now, seqs)
     }
 
     /// Sends `readings` and waits until the request is queued behind the held one.
-    async fn queue(
-        &self,
-        readings: Vec<ingest::reading::Reading>,
-    ) -> tokio::task::JoinHandle<Result<ingest::store::Written, ingest::group::GroupError>> {
+    async fn queue(&self, readings: Vec<ingest::reading::Reading>) -> Pending {
         let queued = self.writer.queued();
-        let handle = self.send(readings);
+        let handle = send(&self.writer, readings);
         let writer = &self.writer;
         eventually("the request to be queued", || async move {
             writer.queued() == queued + 1
@@ -900,8 +907,7 @@ impl HeldWriter {
     /// Lets the held request finish; it stored its ten readings.
     async fn release(self) {
         self.blocker.commit().await.expect("released");
-        let first = self.first.expect("sent");
-        let first = first.await.expect("joined").expect("written");
+        let first = self.first.await.expect("joined").expect("written");
         assert_eq!(
             (first.accepted, first.duplicates, first.stored),
             (10, 0, (0..10).collect())
