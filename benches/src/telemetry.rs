@@ -1775,10 +1775,23 @@ async fn telemetry(ctx: &Ctx, admin_url: &str, names: &Names) -> anyhow::Result<
         "path", "chronicle rdg/s", "raw COPY rows/s", "ratio", a.readings_per_message
     );
     let http_rate = http.accepted as f64 / http.requests.elapsed.as_secs_f64();
-    for (path, chronicle, raw) in [
-        ("NATS", rate(nats.committed, nats.end_to_end), &nats_raw),
-        ("HTTP", http_rate, &http_raw),
-    ] {
+    let paths = [
+        (
+            "NATS",
+            rate(nats.committed, nats.end_to_end),
+            &nats.stats,
+            nats.committed,
+            &nats_raw,
+        ),
+        (
+            "HTTP",
+            http_rate,
+            &http.requests,
+            http.accepted as i64,
+            &http_raw,
+        ),
+    ];
+    for (path, chronicle, _, _, raw) in paths {
         let raw_rate = rate(raw.rows, raw.stats.elapsed);
         let ratio = chronicle / raw_rate;
         let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
@@ -1788,5 +1801,36 @@ async fn telemetry(ctx: &Ctx, admin_url: &str, names: &Names) -> anyhow::Result<
             verdict(chronicle >= 150_000.0)
         );
     }
+    println!(
+        "what each ratio is made of: PostgreSQL's share of the machine (path / raw COPY) x its \
+         CPU per row (raw COPY / path)"
+    );
+    for (path, _, stats, rows, raw) in paths {
+        if let (Some(p), Some(r)) = (
+            postgres_use(stats, rows),
+            postgres_use(&raw.stats, raw.rows),
+        ) {
+            println!(
+                "{path:<6} share {:.0}% / {:.0}% = {:.3}  x  cost {:.2} / {:.2} us per row = {:.3}  \
+                 (product {:.3})",
+                p.0 * 100.0,
+                r.0 * 100.0,
+                p.0 / r.0,
+                r.1,
+                p.1,
+                r.1 / p.1,
+                (p.0 / r.0) * (r.1 / p.1)
+            );
+        }
+    }
     Ok(())
+}
+
+/// PostgreSQL's share of the machine during a phase, and its CPU per row in microseconds
+/// (every PostgreSQL process of the cluster: the rollup worker's statements count too).
+fn postgres_use(stats: &Stats, rows: i64) -> Option<(f64, f64)> {
+    let share = stats.cpu?.postgres;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let us = share * cores * stats.elapsed.as_secs_f64() * 1e6 / rows.max(1) as f64;
+    (share > 0.0).then_some((share, us))
 }
