@@ -125,16 +125,17 @@ struct Args {
     /// telemetry: publish with `Nats-Msg-Id: <device>:<seq>` (server-side deduplication).
     #[arg(long)]
     nats_msg_id: bool,
-    /// telemetry: readings per NATS message (1: one reading; more: a gateway's batch
-    /// `{"readings": [...]}` of one device).
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    /// telemetry: readings per NATS message (1: one reading; more, as by default: a gateway's
+    /// batch `{"readings": [...]}` of one device).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=1000))]
     readings_per_message: u64,
     /// telemetry: compress each NATS message with zstd at this level (1 to 22), sent with
     /// `Content-Encoding: zstd` (the probe's readings stay plain).
     #[arg(long, value_parser = clap::value_parser!(i32).range(1..=22))]
     zstd: Option<i32>,
-    /// telemetry: HTTP clients posting batches (1,000 readings of one device each).
-    #[arg(long, default_value_t = 4)]
+    /// telemetry: HTTP clients posting batches (1,000 readings of one device each; many
+    /// devices post at once, so the default keeps 64 requests open).
+    #[arg(long, default_value_t = 64)]
     http_clients: usize,
     /// telemetry: CHRONICLE_INGEST_WORKERS for the server (default: the server's own).
     #[arg(long)]
