@@ -6,7 +6,8 @@
 #   deploy/bench.sh lag [--duration 30] [--concurrency 32] [--probe-interval-ms 20]
 #   deploy/bench.sh telemetry [--duration 30] [--devices 1000] [--publishers 4] [--in-flight 512]
 #                             [--nats-rate 0] [--max-backlog 500000] [--readings-per-message 100]
-#                             [--zstd LEVEL] [--http-clients 64] [--copy-rows 10000] [...]
+#                             [--zstd LEVEL] [--http-clients 64] [--copy-rows 10000]
+#                             [--raw-under-load] [...]
 #   deploy/bench.sh telemetry-cpu [--duration 30] [--readings-per-message 100] [--zstd LEVEL]
 #   deploy/bench.sh audit [--events 1000000] [--rss-events 100000] [--rounds 3] [--accounts 2000]
 #   deploy/bench.sh --help

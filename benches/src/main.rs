@@ -125,6 +125,12 @@ struct Args {
     /// telemetry: publish with `Nats-Msg-Id: <device>:<seq>` (server-side deduplication).
     #[arg(long)]
     nats_msg_id: bool,
+    /// telemetry: also time the raw COPY of the NATS rows while the simulated devices publish
+    /// at the NATS path's end-to-end rate into a stream of their own, whose messages are
+    /// acknowledged unread: the bare COPY sharing the machine with the devices and nats-server
+    /// as the ingest does (a diagnostic; the targets stay against the COPY on a quiet machine).
+    #[arg(long)]
+    raw_under_load: bool,
     /// telemetry: readings per NATS message (1: one reading; more, as by default: a gateway's
     /// batch `{"readings": [...]}` of one device).
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=1000))]

@@ -54,6 +54,10 @@ const PROBE_POLL: Duration = Duration::from_millis(5);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(300);
 /// The longest wait for the ingest workers to drain the stream after publishing stopped.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(900);
+/// How long the load's consumers hold each batch before acknowledging it: about what an
+/// ingest worker's write of a 2 MB batch took in the NATS phase (150-200 ms, from its batch
+/// log), so that nats-server delivers and stores as it does for the ingest.
+const LOAD_HOLD_MS: u64 = 170;
 
 /// Names of this run on the shared NATS server.
 #[derive(Clone)]
@@ -1525,6 +1529,140 @@ async fn run_raw_copy(
 }
 
 // ---------------------------------------------------------------------------------------------
+// The simulated devices as load only (--raw-under-load)
+
+/// Devices publishing at a set rate into a stream of their own, whose messages two tasks
+/// acknowledge unread: the devices' and nats-server's share of the machine without the ingest.
+struct DeviceLoad {
+    guard: StreamGuard,
+    client: async_nats::Client,
+    publishers: JoinSet<anyhow::Result<Published>>,
+    consumers: JoinSet<anyhow::Result<()>>,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl DeviceLoad {
+    /// Starts `--publishers` publishers over `devices` (the probe left out) at `rate`
+    /// readings/s in all, in the shape of the NATS phase.
+    async fn start(ctx: &Ctx, url: &str, devices: &[Device], rate: f64) -> anyhow::Result<Self> {
+        let a = &ctx.args;
+        let tag = format!("{}load", ctx.run_id);
+        let config = ingest::nats::NatsConfig {
+            stream: format!("BENCH_LOAD_{}", tag.to_ascii_uppercase()),
+            subject_prefix: format!("bench.{tag}.load"),
+            consumer: format!("bench-load-{tag}"),
+            ..Default::default()
+        };
+        let guard = StreamGuard {
+            names: Names {
+                url: url.to_owned(),
+                stream: config.stream.clone(),
+                prefix: config.subject_prefix.clone(),
+                consumer: config.consumer.clone(),
+            },
+            deleted: false,
+        };
+        let client = ingest::nats::connect(url).await?;
+        let js = async_nats::jetstream::new(client.clone());
+        let consumer = ingest::nats::setup(&js, &config).await?;
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let mut consumers = JoinSet::new();
+        // As the ingest workers take them: two consumers pulling as they do, each taking a
+        // batch (up to the workers' byte limit or their wait after the first message), then
+        // holding it as long as a worker's write took in the NATS phase (`hold`), then
+        // acknowledging it with one flush.
+        let hold = Duration::from_millis(LOAD_HOLD_MS);
+        for _ in 0..2 {
+            let (consumer, mut stop, config, client) = (
+                consumer.clone(),
+                stop_rx.clone(),
+                config.clone(),
+                client.clone(),
+            );
+            consumers.spawn(async move {
+                let mut messages = consumer
+                    .stream()
+                    .max_messages_per_batch(config.batch_max)
+                    .max_bytes_per_batch(2 * config.batch_max_bytes)
+                    .heartbeat(Duration::from_secs(5))
+                    .expires(Duration::from_secs(30))
+                    .messages()
+                    .await?;
+                loop {
+                    let first = tokio::select! {
+                        m = messages.next() => m,
+                        _ = stop.changed() => break,
+                    };
+                    let Some(first) = first else { break };
+                    let first = first.map_err(|e| anyhow!("load pull: {e}"))?;
+                    let mut bytes = first.payload.len();
+                    let mut batch = vec![first];
+                    let deadline = tokio::time::Instant::now() + config.batch_wait;
+                    while bytes < config.batch_max_bytes {
+                        match tokio::time::timeout_at(deadline, messages.next()).await {
+                            Ok(Some(m)) => {
+                                let m = m.map_err(|e| anyhow!("load pull: {e}"))?;
+                                bytes += m.payload.len();
+                                batch.push(m);
+                            }
+                            _ => break,
+                        }
+                    }
+                    tokio::time::sleep(hold).await;
+                    for m in &batch {
+                        m.ack().await.map_err(|e| anyhow!("load ack: {e}"))?;
+                    }
+                    client.flush().await?;
+                }
+                anyhow::Ok(())
+            });
+        }
+        let load = devices.get(1..).unwrap_or_default();
+        let p = a.publishers.max(1).min(load.len().max(1));
+        let start = Instant::now();
+        let mut publishers = JoinSet::new();
+        for i in 0..p {
+            let share = load.iter().skip(i).step_by(p).map(|d| d.id).collect();
+            publishers.spawn(publisher(
+                url.to_owned(),
+                config.subject_prefix.clone(),
+                share,
+                start,
+                // Stopped by `finish`, long before this.
+                start + DRAIN_TIMEOUT,
+                rate / p as f64,
+                a.in_flight,
+                false,
+                a.readings_per_message as usize,
+                None,
+                Backlog::unlimited(),
+            ));
+        }
+        Ok(Self {
+            guard,
+            client,
+            publishers,
+            consumers,
+            stop,
+        })
+    }
+
+    /// Stops the publishers and the consumers and deletes the stream.
+    async fn finish(mut self) {
+        self.publishers.abort_all();
+        while self.publishers.join_next().await.is_some() {}
+        let _ = self.stop.send(true);
+        while let Some(r) = self.consumers.join_next().await {
+            if let Ok(Err(e)) = r {
+                eprintln!("load: a consumer failed: {e}");
+            }
+        }
+        let _ = self.client.drain().await;
+        self.guard.delete().await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // The scenario
 
 pub(crate) async fn run_telemetry(ctx: &Ctx, admin_url: &str) -> anyhow::Result<()> {
@@ -1600,6 +1738,23 @@ async fn telemetry(ctx: &Ctx, admin_url: &str, names: &Names) -> anyhow::Result<
         "raw binary COPY (NATS rows)",
     )
     .await?;
+    let loaded_raw = if a.raw_under_load {
+        let pace = nats.committed as f64 / nats.end_to_end.as_secs_f64();
+        let load = DeviceLoad::start(ctx, &names.url, &devices, pace).await?;
+        // Let the publishers reach their pace before the COPY is timed.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let raw = run_raw_copy(
+            ctx,
+            server.pid(),
+            &format!("seq < {HTTP_SEQ_BASE}"),
+            "raw binary COPY (NATS rows), devices publishing",
+        )
+        .await;
+        load.finish().await;
+        Some((pace, raw?))
+    } else {
+        None
+    };
     let http = run_http(ctx, &server, &devices).await?;
     let http_raw = run_raw_copy(
         ctx,
@@ -1767,6 +1922,20 @@ async fn telemetry(ctx: &Ctx, admin_url: &str, names: &Names) -> anyhow::Result<
         );
         print_cpu_wal(&r.stats, r.rows, r.nats_cpu);
     }
+    if let Some((pace, r)) = &loaded_raw {
+        println!(
+            "  {:<30} {:>9} rows in {:>3} COPYs, {:.2} s = {:.0} rows/s, while the simulated \
+             devices published {:.0} readings/s (the NATS path's end-to-end rate) into a stream \
+             of their own, acknowledged unread",
+            r.stats.name,
+            r.rows,
+            r.statements,
+            r.stats.elapsed.as_secs_f64(),
+            rate(r.rows, r.stats.elapsed),
+            pace
+        );
+        print_cpu_wal(&r.stats, r.rows, r.nats_cpu);
+    }
 
     println!();
     println!(
@@ -1805,6 +1974,15 @@ async fn telemetry(ctx: &Ctx, admin_url: &str, names: &Names) -> anyhow::Result<
         "what each ratio is made of: PostgreSQL's share of the machine (path / raw COPY) x its \
          CPU per row (raw COPY / path)"
     );
+    if let Some((_, r)) = &loaded_raw {
+        let raw_rate = rate(r.rows, r.stats.elapsed);
+        let chronicle = rate(nats.committed, nats.end_to_end);
+        println!(
+            "NATS against the raw COPY with the devices publishing (a diagnostic, not the \
+             target): {chronicle:.0} / {raw_rate:.0} = {:.3}",
+            chronicle / raw_rate
+        );
+    }
     for (path, _, stats, rows, raw) in paths {
         if let (Some(p), Some(r)) = (
             postgres_use(stats, rows),
