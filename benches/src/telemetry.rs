@@ -1009,22 +1009,8 @@ async fn run_nats_floor(
         ctx.run_id,
         if ack == FloorAck::All { "all" } else { "each" }
     );
-    let config = ingest::nats::NatsConfig {
-        stream: format!("BENCH_FLOOR_{}", tag.to_ascii_uppercase()),
-        subject_prefix: format!("bench.{tag}.floor"),
-        consumer: format!("bench-floor-{tag}"),
-        ..Default::default()
-    };
-    let names = Names {
-        url: url.to_owned(),
-        stream: config.stream.clone(),
-        prefix: config.subject_prefix.clone(),
-        consumer: config.consumer.clone(),
-    };
-    let mut guard = StreamGuard {
-        names: names.clone(),
-        deleted: false,
-    };
+    let (config, mut guard) = side_stream(url, &tag, "floor");
+    let names = guard.names.clone();
     let client = ingest::nats::connect(url).await?;
     let js = async_nats::jetstream::new(client.clone());
     let consumer = match ack {
@@ -1528,6 +1514,31 @@ async fn run_raw_copy(
     })
 }
 
+/// A stream, subjects and consumer of this run for a side phase (`kind`: `floor`, `load`),
+/// shaped like the ingest's, and the guard that deletes the stream.
+fn side_stream(url: &str, tag: &str, kind: &str) -> (ingest::nats::NatsConfig, StreamGuard) {
+    let config = ingest::nats::NatsConfig {
+        stream: format!(
+            "BENCH_{}_{}",
+            kind.to_ascii_uppercase(),
+            tag.to_ascii_uppercase()
+        ),
+        subject_prefix: format!("bench.{tag}.{kind}"),
+        consumer: format!("bench-{kind}-{tag}"),
+        ..Default::default()
+    };
+    let guard = StreamGuard {
+        names: Names {
+            url: url.to_owned(),
+            stream: config.stream.clone(),
+            prefix: config.subject_prefix.clone(),
+            consumer: config.consumer.clone(),
+        },
+        deleted: false,
+    };
+    (config, guard)
+}
+
 // ---------------------------------------------------------------------------------------------
 // The simulated devices as load only (--raw-under-load)
 
@@ -1547,21 +1558,7 @@ impl DeviceLoad {
     async fn start(ctx: &Ctx, url: &str, devices: &[Device], rate: f64) -> anyhow::Result<Self> {
         let a = &ctx.args;
         let tag = format!("{}load", ctx.run_id);
-        let config = ingest::nats::NatsConfig {
-            stream: format!("BENCH_LOAD_{}", tag.to_ascii_uppercase()),
-            subject_prefix: format!("bench.{tag}.load"),
-            consumer: format!("bench-load-{tag}"),
-            ..Default::default()
-        };
-        let guard = StreamGuard {
-            names: Names {
-                url: url.to_owned(),
-                stream: config.stream.clone(),
-                prefix: config.subject_prefix.clone(),
-                consumer: config.consumer.clone(),
-            },
-            deleted: false,
-        };
+        let (config, guard) = side_stream(url, &tag, "load");
         let client = ingest::nats::connect(url).await?;
         let js = async_nats::jetstream::new(client.clone());
         let consumer = ingest::nats::setup(&js, &config).await?;
