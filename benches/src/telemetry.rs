@@ -739,10 +739,8 @@ async fn run_nats(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let (probe, load) = devices.split_first().ok_or_else(|| anyhow!("no devices"))?;
-    let p = a.publishers.max(1).min(load.len());
-    let shares: Vec<Vec<Uuid>> = (0..p)
-        .map(|i| load.iter().skip(i).step_by(p).map(|d| d.id).collect())
-        .collect();
+    let shares = publisher_shares(devices, a.publishers);
+    let p = shares.len();
     let rate = a.nats_rate as f64 / p as f64;
     let per_message = a.readings_per_message as usize;
 
@@ -1032,10 +1030,8 @@ async fn run_nats_floor(
         }
     };
     let load = devices.get(1..).unwrap_or_default();
-    let p = a.publishers.max(1).min(load.len());
-    let shares: Vec<Vec<Uuid>> = (0..p)
-        .map(|i| load.iter().skip(i).step_by(p).map(|d| d.id).collect())
-        .collect();
+    let shares = publisher_shares(devices, a.publishers);
+    let p = shares.len();
     let duration = Duration::from_secs(a.duration.max(1));
     let consumed = Arc::new(AtomicUsize::new(0));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -1514,6 +1510,16 @@ async fn run_raw_copy(
     })
 }
 
+/// The load devices (all but the probe, device 0) dealt round-robin to `publishers` publishers
+/// (at least one, at most one per device).
+fn publisher_shares(devices: &[Device], publishers: usize) -> Vec<Vec<Uuid>> {
+    let load = devices.get(1..).unwrap_or_default();
+    let p = publishers.max(1).min(load.len().max(1));
+    (0..p)
+        .map(|i| load.iter().skip(i).step_by(p).map(|d| d.id).collect())
+        .collect()
+}
+
 /// A stream, subjects and consumer of this run for a side phase (`kind`: `floor`, `load`),
 /// shaped like the ingest's, and the guard that deletes the stream.
 fn side_stream(url: &str, tag: &str, kind: &str) -> (ingest::nats::NatsConfig, StreamGuard) {
@@ -1614,12 +1620,11 @@ impl DeviceLoad {
                 anyhow::Ok(())
             });
         }
-        let load = devices.get(1..).unwrap_or_default();
-        let p = a.publishers.max(1).min(load.len().max(1));
+        let shares = publisher_shares(devices, a.publishers);
+        let p = shares.len();
         let start = Instant::now();
         let mut publishers = JoinSet::new();
-        for i in 0..p {
-            let share = load.iter().skip(i).step_by(p).map(|d| d.id).collect();
+        for share in shares {
             publishers.spawn(publisher(
                 url.to_owned(),
                 config.subject_prefix.clone(),
@@ -1967,19 +1972,19 @@ async fn telemetry(ctx: &Ctx, admin_url: &str, names: &Names) -> anyhow::Result<
             verdict(chronicle >= 150_000.0)
         );
     }
+    if let Some((pace, r)) = &loaded_raw {
+        // `pace` is the NATS path's end-to-end rate.
+        let raw_rate = rate(r.rows, r.stats.elapsed);
+        println!(
+            "NATS against the raw COPY with the devices publishing (a diagnostic, not the \
+             target): {pace:.0} / {raw_rate:.0} = {:.3}",
+            pace / raw_rate
+        );
+    }
     println!(
         "what each ratio is made of: PostgreSQL's share of the machine (path / raw COPY) x its \
          CPU per row (raw COPY / path)"
     );
-    if let Some((_, r)) = &loaded_raw {
-        let raw_rate = rate(r.rows, r.stats.elapsed);
-        let chronicle = rate(nats.committed, nats.end_to_end);
-        println!(
-            "NATS against the raw COPY with the devices publishing (a diagnostic, not the \
-             target): {chronicle:.0} / {raw_rate:.0} = {:.3}",
-            chronicle / raw_rate
-        );
-    }
     for (path, _, stats, rows, raw) in paths {
         if let (Some(p), Some(r)) = (
             postgres_use(stats, rows),
