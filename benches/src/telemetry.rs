@@ -1114,23 +1114,7 @@ async fn run_nats_floor(
     let before = Probe0::take(ctx, server_pid).await;
     let start = Instant::now();
     let stop_at = start + duration;
-    let mut set = JoinSet::new();
-    for share in shares {
-        set.spawn(publisher(
-            url.to_owned(),
-            names.prefix.clone(),
-            share,
-            start,
-            stop_at,
-            0.0,
-            a.in_flight,
-            false,
-            a.readings_per_message as usize,
-            // The floor's consumers parse plain JSON.
-            None,
-            Backlog::unlimited(),
-        ));
-    }
+    let mut set = side_publishers(ctx, url, &names.prefix, shares, start, stop_at, 0.0);
     let mut published = 0u64;
     while let Some(r) = set.join_next().await {
         published += r??.acked;
@@ -1520,6 +1504,39 @@ fn publisher_shares(devices: &[Device], publishers: usize) -> Vec<Vec<Uuid>> {
         .collect()
 }
 
+/// The publishers of a side phase (floor, load), one per share: plain JSON (the side
+/// consumers read it as such), no `Nats-Msg-Id`, no backlog limit, at `rate` readings/s in
+/// all (0: unpaced).
+fn side_publishers(
+    ctx: &Ctx,
+    url: &str,
+    prefix: &str,
+    shares: Vec<Vec<Uuid>>,
+    start: Instant,
+    stop_at: Instant,
+    rate: f64,
+) -> JoinSet<anyhow::Result<Published>> {
+    let a = &ctx.args;
+    let per_publisher = rate / shares.len().max(1) as f64;
+    let mut set = JoinSet::new();
+    for share in shares {
+        set.spawn(publisher(
+            url.to_owned(),
+            prefix.to_owned(),
+            share,
+            start,
+            stop_at,
+            per_publisher,
+            a.in_flight,
+            false,
+            a.readings_per_message as usize,
+            None,
+            Backlog::unlimited(),
+        ));
+    }
+    set
+}
+
 /// A stream, subjects and consumer of this run for a side phase (`kind`: `floor`, `load`),
 /// shaped like the ingest's, and the guard that deletes the stream.
 fn side_stream(url: &str, tag: &str, kind: &str) -> (ingest::nats::NatsConfig, StreamGuard) {
@@ -1620,26 +1637,17 @@ impl DeviceLoad {
                 anyhow::Ok(())
             });
         }
-        let shares = publisher_shares(devices, a.publishers);
-        let p = shares.len();
         let start = Instant::now();
-        let mut publishers = JoinSet::new();
-        for share in shares {
-            publishers.spawn(publisher(
-                url.to_owned(),
-                config.subject_prefix.clone(),
-                share,
-                start,
-                // Stopped by `finish`, long before this.
-                start + DRAIN_TIMEOUT,
-                rate / p as f64,
-                a.in_flight,
-                false,
-                a.readings_per_message as usize,
-                None,
-                Backlog::unlimited(),
-            ));
-        }
+        let publishers = side_publishers(
+            ctx,
+            url,
+            &config.subject_prefix,
+            publisher_shares(devices, a.publishers),
+            start,
+            // Stopped by `finish`, long before this.
+            start + DRAIN_TIMEOUT,
+            rate,
+        );
         Ok(Self {
             guard,
             client,
