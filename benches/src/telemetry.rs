@@ -33,7 +33,7 @@ use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
 use futures::{StreamExt, TryStreamExt};
 use serde_json::{json, Value};
 use sqlx::{Connection, PgConnection};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -984,6 +984,16 @@ struct FloorReport {
     published: u64,
     publish_took: Duration,
     consumed: u64,
+    /// AckAll: messages the consumer never handed over (a later acknowledgement covered
+    /// them, so the server never sent them again).
+    skipped: u64,
+    /// Deliveries of a message seen before.
+    redelivered: u64,
+    /// Slow-consumer events of the consumers' connection (a lower bound of the messages the
+    /// client dropped).
+    slow_consumer: u64,
+    /// Times the consumers' connection was lost (and made again).
+    disconnects: u64,
     end_to_end: Duration,
     stats: Stats,
     nats_cpu: Option<f64>,
@@ -1009,7 +1019,28 @@ async fn run_nats_floor(
     );
     let (config, mut guard) = side_stream(url, &tag, "floor");
     let names = guard.names.clone();
-    let client = ingest::nats::connect(url).await?;
+    // Messages the client drops because its subscription's buffer is full each raise a
+    // slow-consumer event (at most one queued per message; the count is a lower bound).
+    let slow = Arc::new(AtomicU64::new(0));
+    let disconnects = Arc::new(AtomicU64::new(0));
+    let client = {
+        let (slow, disconnects) = (slow.clone(), disconnects.clone());
+        async_nats::ConnectOptions::new()
+            .event_callback(move |event| {
+                match event {
+                    async_nats::Event::SlowConsumer(_) => {
+                        slow.fetch_add(1, Ordering::Relaxed);
+                    }
+                    async_nats::Event::Disconnected => {
+                        disconnects.fetch_add(1, Ordering::Relaxed);
+                    }
+                    _ => {}
+                }
+                async {}
+            })
+            .connect(url)
+            .await?
+    };
     let js = async_nats::jetstream::new(client.clone());
     let consumer = match ack {
         FloorAck::Each => ingest::nats::setup(&js, &config).await?,
@@ -1034,20 +1065,34 @@ async fn run_nats_floor(
     let p = shares.len();
     let duration = Duration::from_secs(a.duration.max(1));
     let consumed = Arc::new(AtomicUsize::new(0));
+    // The highest stream sequence a consumer has seen: the stream is this phase's own, so
+    // every published message is at or below the published count.
+    let highest = Arc::new(AtomicU64::new(0));
+    // The stream sequences seen (`consumed` counts them) and every delivery, redeliveries too.
+    let seen = Arc::new(std::sync::Mutex::new(HashSet::<u64>::new()));
+    let deliveries = Arc::new(AtomicU64::new(0));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let readers = if ack == FloorAck::All { 1 } else { 2 };
     let mut consumers = JoinSet::new();
     for _ in 0..readers {
-        let (consumer, consumed, prefix, mut stop) = (
+        let (consumer, consumed, highest, seen, deliveries, prefix, mut stop) = (
             consumer.clone(),
             consumed.clone(),
+            highest.clone(),
+            seen.clone(),
+            deliveries.clone(),
             format!("{}.", config.subject_prefix),
             stop_rx.clone(),
         );
+        // Pulls bounded in bytes as the workers' are: a pull of 10,000 gateway batches
+        // (117 MB) overflows nats-server's outbound buffer for the client (max_pending, 64 MB),
+        // and the server then closes the connection as a slow consumer.
+        let pull_bytes = 2 * config.batch_max_bytes;
         consumers.spawn(async move {
             let mut messages = consumer
                 .stream()
                 .max_messages_per_batch(10_000)
+                .max_bytes_per_batch(pull_bytes)
                 .heartbeat(Duration::from_secs(5))
                 .expires(Duration::from_secs(30))
                 .messages()
@@ -1088,7 +1133,13 @@ async fn run_nats_floor(
                     Err(_) => {}
                 }
                 n += 1;
-                consumed.fetch_add(1, Ordering::Relaxed);
+                let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
+                highest.fetch_max(seq, Ordering::Relaxed);
+                deliveries.fetch_add(1, Ordering::Relaxed);
+                // A redelivery is counted once.
+                if seen.lock().map(|mut s| s.insert(seq)).unwrap_or(false) {
+                    consumed.fetch_add(1, Ordering::Relaxed);
+                }
                 match ack {
                     FloorAck::Each => msg.ack().await.map_err(|e| anyhow!("floor ack: {e}"))?,
                     FloorAck::All if n.is_multiple_of(1000) => {
@@ -1120,7 +1171,25 @@ async fn run_nats_floor(
         published += r??.acked;
     }
     let publish_took = start.elapsed();
-    while (consumed.load(Ordering::Relaxed) as u64) < published {
+    // With explicit acks every message is handed over at last (one not acknowledged comes
+    // again after the ack wait). With AckAll a message the consumer never got is covered by
+    // a later acknowledgement and never sent again: there the phase ends once the last
+    // published message has been seen and nothing new came for a second, and the summary
+    // says how many were never seen.
+    let mut last = (0usize, Instant::now());
+    loop {
+        let now = consumed.load(Ordering::Relaxed);
+        if now as u64 >= published {
+            break;
+        }
+        if now != last.0 {
+            last = (now, Instant::now());
+        } else if ack == FloorAck::All
+            && highest.load(Ordering::Relaxed) >= published
+            && last.1.elapsed() > Duration::from_secs(1)
+        {
+            break;
+        }
         if start.elapsed() > duration + DRAIN_TIMEOUT {
             bail!("the floor consumers did not get every message");
         }
@@ -1146,6 +1215,12 @@ async fn run_nats_floor(
         published,
         publish_took,
         consumed: consumed.load(Ordering::Relaxed) as u64,
+        skipped: published.saturating_sub(consumed.load(Ordering::Relaxed) as u64),
+        redelivered: deliveries
+            .load(Ordering::Relaxed)
+            .saturating_sub(consumed.load(Ordering::Relaxed) as u64),
+        slow_consumer: slow.load(Ordering::Relaxed),
+        disconnects: disconnects.load(Ordering::Relaxed),
         end_to_end,
         stats,
         nats_cpu,
@@ -1180,6 +1255,34 @@ fn print_floor(f: &FloorReport) {
         (f.consumed * f.per_message as u64) as f64 / f.end_to_end.as_secs_f64(),
         f.per_message
     );
+    if f.skipped > 0 {
+        println!(
+            "  {} messages never reached the consumer (covered by a later AckAll \
+             acknowledgement, so never sent again)",
+            f.skipped
+        );
+    }
+    if f.redelivered > 0 {
+        println!(
+            "  {} deliveries were of messages seen before",
+            f.redelivered
+        );
+    }
+    if f.disconnects > 0 {
+        println!(
+            "  the consumers' connection was lost {} times (nats-server closes a client whose \
+             unread data exceeds its max_pending; what was in flight comes again only after \
+             the ack wait, or never with AckAll)",
+            f.disconnects
+        );
+    }
+    if f.slow_consumer > 0 {
+        println!(
+            "  the client dropped messages for a slow consumer (its subscription's buffer \
+             full) at least {} times",
+            f.slow_consumer
+        );
+    }
     print_cpu_wal(
         &f.stats,
         (f.consumed * f.per_message as u64) as i64,
