@@ -26,16 +26,16 @@ pub(crate) fn run(duration: u64, per_message: usize, zstd: Option<i32>) -> anyho
     let ts = Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true);
     let mut compressor = zstd.map(zstd::bulk::Compressor::new).transpose()?;
     let mut json_bytes = 0usize;
-    let mut messages: Vec<Vec<u8>> = Vec::with_capacity(MESSAGES);
+    let mut messages: Vec<bytes::Bytes> = Vec::with_capacity(MESSAGES);
     for m in 0..MESSAGES {
         let seq = (m * per_message) as i64;
         let mut payload = String::new();
         message_json(&mut payload, seq, per_message, &ts);
         json_bytes += payload.len();
-        messages.push(match compressor.as_mut() {
+        messages.push(bytes::Bytes::from(match compressor.as_mut() {
             Some(c) => c.compress(payload.as_bytes())?,
             None => payload.into_bytes(),
-        });
+        }));
     }
     let mut decompressor = zstd::bulk::Decompressor::new()?;
     let (mut t_parse, mut t_copy, mut t_delta) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
@@ -50,15 +50,15 @@ pub(crate) fn run(duration: u64, per_message: usize, zstd: Option<i32>) -> anyho
         while batch.len() < BATCH {
             let raw = &messages[m % MESSAGES];
             m += 1;
-            let decompressed;
-            let json: &[u8] = if compressor.is_some() {
-                decompressed = decompressor.decompress(raw, 1 << 20)?;
-                &decompressed
+            // As the workers read them: from the message's (or the decompressed) bytes,
+            // each reading keeping its metrics' text for the COPY.
+            let json = if compressor.is_some() {
+                bytes::Bytes::from(decompressor.decompress(raw, 1 << 20)?)
             } else {
-                raw
+                raw.clone()
             };
             let now = Utc::now();
-            match reading::parse_message(json) {
+            match reading::parse_message_shared(&json) {
                 Ok(WireMessage::One(w)) => match reading::check(w, device, now) {
                     Ok(r) => batch.push(r),
                     Err(_) => rejected += 1,

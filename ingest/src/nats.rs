@@ -250,14 +250,18 @@ struct Parsed {
     /// refused whole later, for its device).
     reading_letters: Vec<DeadLetter>,
     /// The decompressed JSON of each compressed message, by its index in the batch.
-    decompressed: HashMap<usize, Vec<u8>>,
+    decompressed: HashMap<usize, bytes::Bytes>,
 }
 
 /// The JSON of message `i` of `batch`: its payload, or that decompressed.
-fn json<'a>(decompressed: &'a HashMap<usize, Vec<u8>>, batch: &'a [Message], i: usize) -> &'a [u8] {
+fn json<'a>(
+    decompressed: &'a HashMap<usize, bytes::Bytes>,
+    batch: &'a [Message],
+    i: usize,
+) -> &'a [u8] {
     decompressed
         .get(&i)
-        .map_or(&batch[i].payload[..], Vec::as_slice)
+        .map_or(&batch[i].payload[..], |b| &b[..])
 }
 
 /// How a message's payload is encoded.
@@ -536,7 +540,7 @@ impl Worker {
                     ),
                 }),
                 Some(_) => match encoding(msg) {
-                    Encoding::Json => reading::parse_message(&msg.payload),
+                    Encoding::Json => reading::parse_message_shared(&msg.payload),
                     Encoding::Zstd => {
                         match decompress(
                             &mut self.decompressor,
@@ -544,8 +548,8 @@ impl Worker {
                             self.config.max_message_bytes,
                         ) {
                             Ok(json) => {
-                                let json = p.decompressed.entry(i).or_insert(json);
-                                reading::parse_message(json)
+                                let json = p.decompressed.entry(i).or_insert(json.into());
+                                reading::parse_message_shared(json)
                             }
                             Err(r) => Err(r),
                         }

@@ -2,6 +2,7 @@
 //! an optional `device_id` that must name the device the transport authenticated (the HTTP
 //! credential, or the NATS subject). Every refusal has a stable [`Rejection`] code.
 
+use bytes::Bytes;
 use chrono::{DateTime, Duration, NaiveDate, Utc};
 pub use compact_str::CompactString;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
@@ -33,6 +34,12 @@ pub struct Reading {
     /// 1 to 64 finite values, sorted by name, each name once. Names up to 24 bytes are held
     /// inline ([`CompactString`]): no allocation per metric.
     pub metrics: Vec<(CompactString, f64)>,
+    /// The metrics object as the device sent it, when the direct reader read it (names
+    /// without escapes, plain decimals): a slice of the payload, stored as the jsonb text
+    /// instead of writing `metrics` out again. jsonb reads it to the same object (a repeated
+    /// name keeps its last value, as `metrics` does; keys are sorted by jsonb); a number keeps
+    /// its decimal digits as sent (`21.50` stays `21.50`, where `metrics` holds the f64 21.5).
+    pub metrics_text: Option<Bytes>,
 }
 
 /// Why a reading was refused: a stable code (the `code` of `rejected` entries and the
@@ -160,6 +167,9 @@ pub struct WireReading {
     device_id: Option<Option<Uuid>>,
     /// The first (by name) field that is not one of the reading's.
     unknown: Option<String>,
+    /// `metrics` as sent, when the direct reader read the payload from [`Bytes`]
+    /// ([`Reading::metrics_text`]).
+    metrics_text: Option<Bytes>,
 }
 
 /// Checks one reading of `device` received at `now` (any JSON value).
@@ -260,6 +270,7 @@ pub fn check(wire: WireReading, device: Uuid, now: DateTime<Utc>) -> Result<Read
         seq,
         ts,
         metrics: raw_metrics,
+        metrics_text: wire.metrics_text,
     })
 }
 
@@ -298,7 +309,17 @@ pub enum WireMessage {
 /// not JSON, or a batch that is not of that shape (another top-level field, `readings` not
 /// an array) or holds no readings or more than [`MAX_READINGS`], is refused whole.
 pub fn parse_message(payload: &[u8]) -> Result<WireMessage, Rejection> {
-    if let Some(message) = fast::message(payload) {
+    parse_message_in(payload, None)
+}
+
+/// [`parse_message`] of a payload held as [`Bytes`]: the readings the direct reader reads
+/// keep their metrics' text ([`Reading::metrics_text`]).
+pub fn parse_message_shared(payload: &Bytes) -> Result<WireMessage, Rejection> {
+    parse_message_in(payload, Some(payload))
+}
+
+fn parse_message_in(payload: &[u8], shared: Option<&Bytes>) -> Result<WireMessage, Rejection> {
+    if let Some(message) = fast::message(payload, shared) {
         return Ok(message);
     }
     let top: TopLevel = serde_json::from_slice(payload).map_err(not_json)?;
@@ -335,7 +356,13 @@ pub fn parse_message(payload: &[u8]) -> Result<WireMessage, Rejection> {
 /// Reads an HTTP body `{"readings": [...]}` of the common shape directly, as serde_json
 /// would read it into [`WireReading`]s; `None` for anything else, to be read by serde_json.
 pub fn parse_batch_common(body: &[u8]) -> Option<Vec<WireReading>> {
-    fast::batch(body)
+    fast::batch(body, None)
+}
+
+/// [`parse_batch_common`] of a body held as [`Bytes`]: the readings keep their metrics' text
+/// ([`Reading::metrics_text`]).
+pub fn parse_batch_common_shared(body: &Bytes) -> Option<Vec<WireReading>> {
+    fast::batch(body, Some(body))
 }
 
 /// The readings of a batch message as they were sent, each its own JSON text (for the dead

@@ -466,6 +466,7 @@ mod tests {
             seq,
             ts: at(ts),
             metrics: metrics.iter().map(|(n, v)| ((*n).into(), *v)).collect(),
+            metrics_text: None,
         }
     }
 
@@ -493,6 +494,7 @@ mod tests {
                         .enumerate()
                         .map(|(k, n)| ((*n).into(), f64::from(*v) + k as f64))
                         .collect(),
+                    metrics_text: None,
                 })
                 .collect();
             let mut want: HashMap<(Uuid, String, DateTime<Utc>), Agg> = HashMap::new();

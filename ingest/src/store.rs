@@ -287,9 +287,14 @@ pub fn encode_copy(readings: &[Reading], which: &[usize], received_at: DateTime<
     out
 }
 
-/// A reading's metrics as a JSON object. Names are `[a-z0-9_.]` (nothing to escape); values
-/// are finite and written as the shortest decimal that reads back as the same f64.
+/// A reading's metrics as a JSON object: the text the device sent when the reading kept it,
+/// else written out. Names are `[a-z0-9_.]` (nothing to escape); values are finite and
+/// written as the shortest decimal that reads back as the same f64.
 fn metrics_json(out: &mut Vec<u8>, r: &Reading) {
+    if let Some(text) = &r.metrics_text {
+        out.extend_from_slice(text);
+        return;
+    }
     out.push(b'{');
     for (k, (name, value)) in r.metrics.iter().enumerate() {
         if k > 0 {
@@ -501,6 +506,7 @@ mod tests {
             seq: 7,
             ts,
             metrics: vec![("a".into(), 1.5), ("b.c".into(), -70.0)],
+            metrics_text: None,
         };
         let data = encode_copy(&[r], &[0], ts);
         assert_eq!(&data[..11], b"PGCOPY\n\xff\r\n\0");

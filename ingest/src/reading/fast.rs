@@ -8,6 +8,7 @@
 //! below hold the two readers to the same result on every payload the fast one accepts.
 
 use super::{parse_ts, CompactString, WireMessage, WireReading, MAX_READINGS};
+use bytes::Bytes;
 
 /// Powers of ten that an f64 holds exactly.
 const POW10: [f64; 23] = [
@@ -15,9 +16,15 @@ const POW10: [f64; 23] = [
     1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
 ];
 
-/// Reads a NATS payload of the common shape (one reading, or a batch), or `None`.
-pub(crate) fn message(payload: &[u8]) -> Option<WireMessage> {
-    let mut p = Parser { b: payload, i: 0 };
+/// Reads a NATS payload of the common shape (one reading, or a batch), or `None`. With
+/// `shared` (the payload itself, as [`Bytes`]), each reading keeps its metrics object as
+/// sent ([`WireReading::metrics_text`]), a slice of it.
+pub(crate) fn message(payload: &[u8], shared: Option<&Bytes>) -> Option<WireMessage> {
+    let mut p = Parser {
+        b: payload,
+        i: 0,
+        shared,
+    };
     p.eat(b'{')?;
     let message = if p.peek_key(b"readings") {
         p.key()?;
@@ -33,9 +40,10 @@ pub(crate) fn message(payload: &[u8]) -> Option<WireMessage> {
     Some(message)
 }
 
-/// Reads an HTTP body of the common shape, `{"readings": [...]}`, or `None`.
-pub(crate) fn batch(body: &[u8]) -> Option<Vec<WireReading>> {
-    match message(body)? {
+/// Reads an HTTP body of the common shape, `{"readings": [...]}`, or `None`; `shared` as
+/// for [`message`].
+pub(crate) fn batch(body: &[u8], shared: Option<&Bytes>) -> Option<Vec<WireReading>> {
+    match message(body, shared)? {
         WireMessage::Batch(readings) => Some(readings),
         WireMessage::One(_) => None,
     }
@@ -44,6 +52,8 @@ pub(crate) fn batch(body: &[u8]) -> Option<Vec<WireReading>> {
 struct Parser<'a> {
     b: &'a [u8],
     i: usize,
+    /// `b` as [`Bytes`], when the readings are to keep their metrics' text.
+    shared: Option<&'a Bytes>,
 }
 
 impl<'a> Parser<'a> {
@@ -201,7 +211,13 @@ impl<'a> Parser<'a> {
             match self.key()? {
                 "seq" if w.seq.is_none() => w.seq = Some(self.seq()?),
                 "ts" if w.ts.is_none() => w.ts = Some(parse_ts(self.string()?)),
-                "metrics" if w.metrics.is_none() => w.metrics = Some(self.metrics()?),
+                "metrics" if w.metrics.is_none() => {
+                    self.peek()?;
+                    let start = self.i;
+                    w.metrics = Some(self.metrics()?);
+                    // Names without escapes and plain decimals: valid jsonb text as it is.
+                    w.metrics_text = self.shared.map(|b| b.slice(start..self.i));
+                }
                 _ => return None,
             }
             if self.after_element(b'}')? {
@@ -256,7 +272,7 @@ mod tests {
 
     /// The two readers agree wherever the fast one answers. NaN never comes from either.
     fn agree(payload: &[u8]) -> Result<bool, TestCaseError> {
-        match message(payload) {
+        match message(payload, None) {
             None => Ok(false),
             Some(fast) => {
                 let text = String::from_utf8_lossy(payload);
@@ -264,10 +280,57 @@ mod tests {
                 prop_assert_eq!(Some(&fast), slow.as_ref(), "{}", text);
                 // Bit for bit (f64 equality takes -0.0 for 0.0).
                 prop_assert_eq!(Some(bits(&fast)), slow.as_ref().map(bits), "{}", text);
-                prop_assert_eq!(Ok(fast), parse_message(payload));
+                prop_assert_eq!(Ok(fast.clone()), parse_message(payload));
+                kept_texts_agree(payload, &fast)?;
                 Ok(true)
             }
         }
+    }
+
+    fn readings(m: WireMessage) -> Vec<WireReading> {
+        match m {
+            WireMessage::One(r) => vec![r],
+            WireMessage::Batch(rs) => rs,
+        }
+    }
+
+    /// Read from [`Bytes`], the same readings, each keeping its metrics object as sent: a
+    /// text that a JSON reader (last value of a repeated name, as jsonb keeps it) reads to
+    /// the same names and the same f64s, bit for bit.
+    fn kept_texts_agree(payload: &[u8], fast: &WireMessage) -> Result<(), TestCaseError> {
+        let text = String::from_utf8_lossy(payload);
+        let shared = Bytes::copy_from_slice(payload);
+        let kept = message(payload, Some(&shared));
+        prop_assert!(kept.is_some(), "{}", text);
+        let kept = readings(kept.unwrap_or(WireMessage::Batch(Vec::new())));
+        let plain = readings(fast.clone());
+        prop_assert_eq!(kept.len(), plain.len());
+        for (k, p) in kept.into_iter().zip(plain) {
+            let Some(metrics) = &p.metrics else {
+                prop_assert_eq!(k.metrics_text, None);
+                continue;
+            };
+            let want: std::collections::BTreeMap<&str, u64> = metrics
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.to_bits()))
+                .collect();
+            let sent = k.metrics_text.clone().unwrap_or_default();
+            let read: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_slice(&sent).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let got: std::collections::BTreeMap<&str, u64> = read
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.as_f64().unwrap_or(f64::NAN).to_bits()))
+                .collect();
+            prop_assert_eq!(got, want, "{}", text);
+            prop_assert_eq!(
+                WireReading {
+                    metrics_text: None,
+                    ..k
+                },
+                p
+            );
+        }
+        Ok(())
     }
 
     #[test]
@@ -307,12 +370,12 @@ mod tests {
             "{\"seq\":1,\"ts\":\"\u{7}\",\"metrics\":{}}".to_owned(),
         ];
         for case in &cases {
-            assert_eq!(message(case.as_bytes()), None, "{case}");
+            assert_eq!(message(case.as_bytes(), None), None, "{case}");
         }
         let one = format!(r#"{{"seq":1,"ts":"{ts}","metrics":{{"a":1}}}}"#);
         let full = |n: usize| format!(r#"{{"readings":[{}]}}"#, vec![one.as_str(); n].join(","));
-        assert!(message(full(MAX_READINGS).as_bytes()).is_some());
-        assert_eq!(message(full(MAX_READINGS + 1).as_bytes()), None);
+        assert!(message(full(MAX_READINGS).as_bytes(), None).is_some());
+        assert_eq!(message(full(MAX_READINGS + 1).as_bytes(), None), None);
     }
 
     /// A JSON number as a device might write it: any digits, signs, fractions, exponents.
@@ -387,7 +450,7 @@ mod tests {
                 continue;
             };
             total += 1;
-            if message(tree.current().as_bytes()).is_some() {
+            if message(tree.current().as_bytes(), None).is_some() {
                 fast += 1;
             }
         }
