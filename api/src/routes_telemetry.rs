@@ -168,7 +168,7 @@ async fn post_telemetry(
         // serde_json; only a body that fails is parsed again through `parse_body`, for
         // the same 400 as every route (tracking the path of every key of a thousand readings
         // costs more than the readings' own parsing).
-        let body: TelemetryBody = match reading::parse_batch_common_shared(&bytes) {
+        let body: TelemetryBody = match reading::parse_batch_common(&bytes) {
             Some(readings) => TelemetryBody { readings },
             None => match serde_json::from_slice(&bytes) {
                 Ok(body) => body,

@@ -989,9 +989,6 @@ struct FloorReport {
     skipped: u64,
     /// Deliveries of a message seen before.
     redelivered: u64,
-    /// Slow-consumer events of the consumers' connection (a lower bound of the messages the
-    /// client dropped).
-    slow_consumer: u64,
     /// Times the consumers' connection was lost (and made again).
     disconnects: u64,
     end_to_end: Duration,
@@ -1019,27 +1016,17 @@ async fn run_nats_floor(
     );
     let (config, mut guard) = side_stream(url, &tag, "floor");
     let names = guard.names.clone();
-    // Messages the client drops because its subscription's buffer is full each raise a
-    // slow-consumer event (at most one queued per message; the count is a lower bound).
-    let slow = Arc::new(AtomicU64::new(0));
+    // Each loss of the connection (nats-server closing it as a slow consumer, say).
     let disconnects = Arc::new(AtomicU64::new(0));
     let client = {
-        let (slow, disconnects) = (slow.clone(), disconnects.clone());
-        async_nats::ConnectOptions::new()
-            .event_callback(move |event| {
-                match event {
-                    async_nats::Event::SlowConsumer(_) => {
-                        slow.fetch_add(1, Ordering::Relaxed);
-                    }
-                    async_nats::Event::Disconnected => {
-                        disconnects.fetch_add(1, Ordering::Relaxed);
-                    }
-                    _ => {}
-                }
-                async {}
-            })
-            .connect(url)
-            .await?
+        let disconnects = disconnects.clone();
+        let options = async_nats::ConnectOptions::new().event_callback(move |event| {
+            if matches!(event, async_nats::Event::Disconnected) {
+                disconnects.fetch_add(1, Ordering::Relaxed);
+            }
+            async {}
+        });
+        ingest::nats::connect_with(url, options).await?
     };
     let js = async_nats::jetstream::new(client.clone());
     let consumer = match ack {
@@ -1075,7 +1062,7 @@ async fn run_nats_floor(
     let readers = if ack == FloorAck::All { 1 } else { 2 };
     let mut consumers = JoinSet::new();
     for _ in 0..readers {
-        let (consumer, consumed, highest, seen, deliveries, prefix, mut stop) = (
+        let (consumer, consumed, highest, seen, deliveries, prefix, mut stop, config) = (
             consumer.clone(),
             consumed.clone(),
             highest.clone(),
@@ -1083,20 +1070,12 @@ async fn run_nats_floor(
             deliveries.clone(),
             format!("{}.", config.subject_prefix),
             stop_rx.clone(),
+            config.clone(),
         );
-        // Pulls bounded in bytes as the workers' are: a pull of 10,000 gateway batches
-        // (117 MB) overflows nats-server's outbound buffer for the client (max_pending, 64 MB),
-        // and the server then closes the connection as a slow consumer.
-        let pull_bytes = 2 * config.batch_max_bytes;
         consumers.spawn(async move {
-            let mut messages = consumer
-                .stream()
-                .max_messages_per_batch(10_000)
-                .max_bytes_per_batch(pull_bytes)
-                .heartbeat(Duration::from_secs(5))
-                .expires(Duration::from_secs(30))
-                .messages()
-                .await?;
+            // As the workers pull (bounded in bytes: a pull of 10,000 gateway batches, 117 MB,
+            // overflowed nats-server's buffer for the client, which closed the connection).
+            let mut messages = ingest::nats::pull(&consumer, &config).await?;
             let mut unacked: Option<async_nats::jetstream::Message> = None;
             let mut n = 0u64;
             loop {
@@ -1121,7 +1100,7 @@ async fn run_nats_floor(
                     .and_then(|d| Uuid::try_parse(d).ok())
                     .unwrap_or_default();
                 let now = Utc::now();
-                match ingest::reading::parse_message(&msg.payload) {
+                match ingest::reading::parse_message_shared(&msg.payload) {
                     Ok(ingest::reading::WireMessage::One(w)) => {
                         let _ = ingest::reading::check(w, device, now);
                     }
@@ -1219,7 +1198,6 @@ async fn run_nats_floor(
         redelivered: deliveries
             .load(Ordering::Relaxed)
             .saturating_sub(consumed.load(Ordering::Relaxed) as u64),
-        slow_consumer: slow.load(Ordering::Relaxed),
         disconnects: disconnects.load(Ordering::Relaxed),
         end_to_end,
         stats,
@@ -1274,13 +1252,6 @@ fn print_floor(f: &FloorReport) {
              unread data exceeds its max_pending; what was in flight comes again only after \
              the ack wait, or never with AckAll)",
             f.disconnects
-        );
-    }
-    if f.slow_consumer > 0 {
-        println!(
-            "  the client dropped messages for a slow consumer (its subscription's buffer \
-             full) at least {} times",
-            f.slow_consumer
         );
     }
     print_cpu_wal(
@@ -1703,14 +1674,7 @@ impl DeviceLoad {
                 client.clone(),
             );
             consumers.spawn(async move {
-                let mut messages = consumer
-                    .stream()
-                    .max_messages_per_batch(config.batch_max)
-                    .max_bytes_per_batch(2 * config.batch_max_bytes)
-                    .heartbeat(Duration::from_secs(5))
-                    .expires(Duration::from_secs(30))
-                    .messages()
-                    .await?;
+                let mut messages = ingest::nats::pull(&consumer, &config).await?;
                 loop {
                     let first = tokio::select! {
                         m = messages.next() => m,

@@ -123,8 +123,16 @@ impl NatsError {
 /// Connects to `url`; credentials in it are used (`nats://user:password@host:4222`, or
 /// `nats://token@host:4222`), which the client would otherwise ignore.
 pub async fn connect(url: &str) -> Result<async_nats::Client, NatsError> {
+    connect_with(url, async_nats::ConnectOptions::new()).await
+}
+
+/// [`connect`] with more `options` (an event callback, say).
+pub async fn connect_with(
+    url: &str,
+    options: async_nats::ConnectOptions,
+) -> Result<async_nats::Client, NatsError> {
     let addr: async_nats::ServerAddr = url.parse().map_err(NatsError::from_display)?;
-    let options = async_nats::ConnectOptions::new().name("chronicle-ingest");
+    let options = options.name("chronicle-ingest");
     let options = match (addr.username().map(percent_decode), addr.password()) {
         (Some(user), Some(pass)) => options.user_and_password(user, percent_decode(pass)),
         (Some(token), None) => options.token(token),
@@ -197,6 +205,25 @@ pub async fn setup(js: &Context, config: &NatsConfig) -> Result<PullConsumer, Na
             .unwrap_or(i64::MAX),
             ..Default::default()
         })
+        .await
+        .map_err(NatsError::from_display)
+}
+
+/// The messages of `consumer` as a worker pulls them: at most `batch_max` messages and
+/// twice `batch_max_bytes` (or room for two of the largest messages, which the server
+/// requires) per pull. The byte bound also keeps what the server has in flight to the client
+/// well below nats-server's `max_pending` (64 MB), over which it closes the connection as a
+/// slow consumer.
+pub async fn pull(consumer: &PullConsumer, config: &NatsConfig) -> Result<Messages, NatsError> {
+    let pull_bytes =
+        (2 * config.batch_max_bytes).max(2 * (config.max_message_bytes + HEADER_ALLOWANCE));
+    consumer
+        .stream()
+        .max_messages_per_batch(config.batch_max)
+        .max_bytes_per_batch(pull_bytes)
+        .heartbeat(Duration::from_secs(5))
+        .expires(Duration::from_secs(30))
+        .messages()
         .await
         .map_err(NatsError::from_display)
 }
@@ -427,18 +454,7 @@ impl Worker {
     }
 
     async fn pull(&self) -> Result<Messages, NatsError> {
-        // A pull must have room for the largest message, or the server refuses it.
-        let pull_bytes = (2 * self.config.batch_max_bytes)
-            .max(2 * (self.config.max_message_bytes + HEADER_ALLOWANCE));
-        self.consumer
-            .stream()
-            .max_messages_per_batch(self.config.batch_max)
-            .max_bytes_per_batch(pull_bytes)
-            .heartbeat(Duration::from_secs(5))
-            .expires(Duration::from_secs(30))
-            .messages()
-            .await
-            .map_err(NatsError::from_display)
+        pull(&self.consumer, &self.config).await
     }
 
     /// Checks, writes and acknowledges one batch. On a database failure every message is

@@ -354,15 +354,10 @@ fn parse_message_in(payload: &[u8], shared: Option<&Bytes>) -> Result<WireMessag
 }
 
 /// Reads an HTTP body `{"readings": [...]}` of the common shape directly, as serde_json
-/// would read it into [`WireReading`]s; `None` for anything else, to be read by serde_json.
-pub fn parse_batch_common(body: &[u8]) -> Option<Vec<WireReading>> {
-    fast::batch(body, None)
-}
-
-/// [`parse_batch_common`] of a body held as [`Bytes`]: the readings keep their metrics' text
-/// ([`Reading::metrics_text`]).
-pub fn parse_batch_common_shared(body: &Bytes) -> Option<Vec<WireReading>> {
-    fast::batch(body, Some(body))
+/// would read it into [`WireReading`]s, each keeping its metrics' text
+/// ([`Reading::metrics_text`]); `None` for anything else, to be read by serde_json.
+pub fn parse_batch_common(body: &Bytes) -> Option<Vec<WireReading>> {
+    fast::batch(body)
 }
 
 /// The readings of a batch message as they were sent, each its own JSON text (for the dead

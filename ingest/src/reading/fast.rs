@@ -40,10 +40,10 @@ pub(crate) fn message(payload: &[u8], shared: Option<&Bytes>) -> Option<WireMess
     Some(message)
 }
 
-/// Reads an HTTP body of the common shape, `{"readings": [...]}`, or `None`; `shared` as
-/// for [`message`].
-pub(crate) fn batch(body: &[u8], shared: Option<&Bytes>) -> Option<Vec<WireReading>> {
-    match message(body, shared)? {
+/// Reads an HTTP body of the common shape, `{"readings": [...]}`, or `None`; its readings
+/// keep their metrics' text, as with [`message`].
+pub(crate) fn batch(body: &Bytes) -> Option<Vec<WireReading>> {
+    match message(body, Some(body))? {
         WireMessage::Batch(readings) => Some(readings),
         WireMessage::One(_) => None,
     }
